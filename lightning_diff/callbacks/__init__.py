@@ -1,0 +1,1 @@
+"""Lightning callbacks: weight averaging, and (later) sampling and measuring during training."""

@@ -1,0 +1,77 @@
+"""Checkpoints that are written atomically and read without running code.
+
+Writing goes to a temporary file in the same directory, is fsynced, then renamed over the
+target: a crash mid-write leaves the previous checkpoint intact. Reading always uses
+``torch.load(weights_only=True)``, which refuses pickled objects that could run code, so a
+checkpoint from a colleague is safe to open; the run's config is stored as plain data.
+"""
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lightning_diff.errors import UserError
+
+CONFIG_KEY = "lightning_diff"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely, or raise one clear :class:`UserError`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass ckpt=<run dir>/checkpoints/last.ckpt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"refused to load {path}: it contains pickled objects that could run code when loaded "
+            "(only tensors and plain data are accepted). Re-save it from a trusted run with "
+            "lightning_diff, or extract the weights in a sandbox you trust."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise UserError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
+            "it may be truncated or not a checkpoint at all"
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is a PyTorch file but not a lightning_diff checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def run_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The plain-data description of the run stored in a lightning_diff checkpoint."""
+    if CONFIG_KEY not in checkpoint:
+        raise UserError(f"{path} was not written by lightning_diff (no '{CONFIG_KEY}' entry); train with it first")
+    return checkpoint[CONFIG_KEY]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO with atomic writes and code-free reads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path)

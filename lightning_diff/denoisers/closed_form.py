@@ -1,0 +1,33 @@
+"""Base class of denoisers fitted from the training set in closed form (no SGD)."""
+
+import torch
+from torch import Tensor, nn
+
+
+class ClosedFormDenoiser(nn.Module):
+    """A ``D(y, t)`` whose state is computed from the training data by :meth:`fit_data`.
+
+    The fitted state lives in buffers, so it is saved in and restored from checkpoints like
+    any weights; buffers whose size depends on the data (e.g. the stored training set) take
+    the checkpoint's shape on load.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def fit_data(self, x0: Tensor) -> None:
+        """Fit from the training set ``x0`` of shape (N, *data_shape), then mark as fitted."""
+        with torch.no_grad():
+            self._fit(x0)
+        self.fitted.fill_(True)
+
+    def _fit(self, x0: Tensor) -> None:
+        raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        for name, buf in self._buffers.items():
+            incoming = state_dict.get(prefix + name)
+            if buf is not None and incoming is not None and incoming.shape != buf.shape:
+                self._buffers[name] = torch.empty_like(incoming, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)

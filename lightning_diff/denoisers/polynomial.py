@@ -1,0 +1,220 @@
+"""Polynomial denoisers: a linear readout of degree-p features of y, one readout per level.
+
+Features are either all monomials of degree <= p (``features=exact``, for low dimension) or
+random-projection power features [1, y, (W y)^p] (``features=random``, for images; the paper
+uses 1024 random features of a single power p).
+
+Closed form: per level, the ridge regression of x0 on phi(y). For exact monomials the
+expectation over the Gaussian noise is taken exactly: with y = a x + s e (a = sqrt(1 - t),
+s = sqrt(t)), E_e[y^gamma] = prod_j E[(a x_j + s e)^gamma_j] and
+E[(a x + s e)^m] = sum_{even i <= m} C(m, i) (a x)^(m - i) s^i (i - 1)!!, so the normal
+equations only involve data moments up to order 2p (the Gram matrix) and p + 1 (the cross
+term). For random features the expectation is a Monte Carlo average over ``noise_draws``.
+"""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.denoisers.features import (
+    monomial_exponents,
+    monomials,
+    num_monomials,
+    power_features,
+    random_projection,
+)
+from lightning_diff.denoisers.ridge import ridge_solve
+from lightning_diff.diffusion.grids import NoiseGrid, level_index
+from lightning_diff.diffusion.process import add_noise
+from lightning_diff.errors import UserError
+from lightning_diff.seeding import generator
+
+FEATURE_KINDS = ("exact", "random")
+MAX_EXACT_FEATURES = 20_000
+
+
+class PolynomialFeatures(nn.Module):
+    """phi(y) for flattened y: exact monomials or random power features."""
+
+    def __init__(self, dim: int, degree: int, kind: str, num_random: int, seed: int) -> None:
+        super().__init__()
+        if degree < 1:
+            raise UserError(f"denoiser.degree={degree} must be >= 1")
+        if kind not in FEATURE_KINDS:
+            raise UserError(f"denoiser.features={kind!r} is not valid; choose one of {', '.join(FEATURE_KINDS)}")
+        self.kind = kind
+        self.degree = degree
+        if kind == "exact":
+            count = num_monomials(dim, degree)
+            if count > MAX_EXACT_FEATURES:
+                raise UserError(
+                    f"exact monomial features of degree {degree} in dimension {dim} number {count:,}; "
+                    "use denoiser.features=random for high-dimensional data"
+                )
+            self.register_buffer("exponents", monomial_exponents(dim, degree))
+            self.num_features = count
+        else:
+            if num_random < 1:
+                raise UserError(f"denoiser.num_features={num_random} must be >= 1")
+            self.register_buffer("projection", random_projection(num_random, dim, seed))
+            self.num_features = 1 + dim + num_random
+
+    def forward(self, flat: Tensor) -> Tensor:
+        if self.kind == "exact":
+            return monomials(flat, self.exponents)
+        return power_features(flat, self.projection, self.degree)
+
+
+def _gaussian_moments(max_order: int) -> list[float]:
+    """E[e^i] for e ~ N(0, 1), i = 0..max_order: (i - 1)!! for even i, 0 for odd i."""
+    return [0.0 if i % 2 else float(math.prod(range(i - 1, 0, -2))) for i in range(max_order + 1)]
+
+
+def _expected_powers(x: Tensor, a: float, s: float, max_order: int) -> Tensor:
+    """E_e[(a x + s e)^m] for every entry of x and m = 0..max_order, shape (*x.shape, m + 1)."""
+    moments = _gaussian_moments(max_order)
+    ax = a * x
+    columns = []
+    for m in range(max_order + 1):
+        total = torch.zeros_like(x)
+        for i in range(0, m + 1, 2):
+            total = total + math.comb(m, i) * s**i * moments[i] * ax ** (m - i)
+        columns.append(total)
+    return torch.stack(columns, dim=-1)
+
+
+def exact_normal_equations(x: Tensor, exponents: Tensor, t: float, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    """E[phi phi^T] (F, F) and E[phi x^T] (F, D) under the data x and exact Gaussian noise at t."""
+    x = x.double()
+    exps = exponents.to(x.device)
+    pair = exps[:, None, :] + exps[None, :, :]  # (F, F, D)
+    degree = int(exps.sum(dim=1).max())
+    a, s = math.sqrt(1.0 - t), math.sqrt(t)
+    f, d = exps.shape
+    gram = torch.zeros(f, f, dtype=torch.float64, device=x.device)
+    cross = torch.zeros(f, d, dtype=torch.float64, device=x.device)
+    coords = torch.arange(d, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        xc = x[start : start + chunk]
+        table = _expected_powers(xc, a, s, 2 * degree)  # (n, D, 2p + 1)
+        gram += table[:, coords, pair].prod(dim=-1).sum(dim=0)
+        single = table[:, coords, exps].prod(dim=-1)  # (n, F)
+        cross += single.T @ xc
+    return gram / x.shape[0], cross / x.shape[0]
+
+
+def _apply(phi: Tensor, readouts: Tensor, idx: Tensor) -> Tensor:
+    """Rows of ``phi`` times the readout of their level, grouped by level."""
+    first = int(idx[0])
+    if bool((idx == first).all()):
+        return phi @ readouts[first]
+    out = phi.new_empty(phi.shape[0], readouts.shape[-1])
+    for k in torch.unique(idx).tolist():
+        rows = (idx == k).nonzero(as_tuple=True)[0]
+        out[rows] = phi[rows] @ readouts[k]
+    return out
+
+
+class _PolynomialBase(nn.Module):
+    def __init__(self, data_shape: tuple[int, ...], grid: NoiseGrid, features: PolynomialFeatures) -> None:
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.features = features
+        self.register_buffer("levels", grid.levels.clone().float())
+
+    def readouts(self) -> Tensor:
+        raise NotImplementedError
+
+    def level_of(self, t: Tensor) -> Tensor:
+        return level_index(self.levels, t)
+
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        phi = self.features(y.reshape(y.shape[0], -1).float())
+        return _apply(phi, self.readouts(), self.level_of(t)).reshape(y.shape).to(y.dtype)
+
+
+class PolynomialRidge(_PolynomialBase, ClosedFormDenoiser):
+    """Per-level ridge readouts fitted from the training set."""
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        grid: NoiseGrid,
+        features: PolynomialFeatures,
+        ridge: float,
+        noise_draws: int,
+        seed: int,
+    ) -> None:
+        super().__init__(data_shape, grid, features)
+        dim = int(math.prod(data_shape))
+        self.ridge = ridge
+        self.noise_draws = noise_draws
+        self.seed = seed
+        self.register_buffer("readout", torch.zeros(len(grid), features.num_features, dim))
+
+    def readouts(self) -> Tensor:
+        return self.readout
+
+    def _fit(self, x0: Tensor) -> None:
+        flat = x0.reshape(x0.shape[0], -1).float().to(self.readout.device)
+        for k, t in enumerate(self.levels.tolist()):
+            if self.features.kind == "exact":
+                gram, cross = exact_normal_equations(flat, self.features.exponents, t)
+                lam = self.ridge * gram.diagonal().mean()
+                eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+                self.readout[k] = torch.linalg.solve(gram + lam * eye, cross).float()
+            else:
+                gen = generator(self.seed, k, device=flat.device)
+                clean = flat.repeat(self.noise_draws, 1)
+                eps = torch.randn(clean.shape, generator=gen, device=flat.device)
+                noisy = add_noise(clean, torch.full((clean.shape[0],), t, device=flat.device), eps)
+                self.readout[k] = ridge_solve(self.features(noisy), clean, self.ridge)
+
+
+class PolynomialSGD(_PolynomialBase):
+    """Trainable readouts: one per level, or a single one in blind mode."""
+
+    def __init__(self, data_shape: tuple[int, ...], grid: NoiseGrid, features: PolynomialFeatures, blind: bool) -> None:
+        super().__init__(data_shape, grid, features)
+        dim = int(math.prod(data_shape))
+        count = 1 if blind else len(grid)
+        self.blind = blind
+        self.readout = nn.Parameter(torch.zeros(count, features.num_features, dim))
+
+    def readouts(self) -> Tensor:
+        return self.readout
+
+    def level_of(self, t: Tensor) -> Tensor:
+        if self.blind:
+            return torch.zeros(t.shape, dtype=torch.long, device=t.device)
+        return super().level_of(t)
+
+
+def build(
+    data_shape: tuple[int, ...],
+    grid: NoiseGrid,
+    fit: str = "closed_form",
+    conditioning: str = "per_level",
+    degree: int = 2,
+    features: str = "exact",
+    num_features: int = 1024,
+    ridge: float = 1e-8,
+    noise_draws: int = 8,
+    seed: int = 0,
+) -> nn.Module:
+    """Polynomial denoiser of ``degree`` with exact or random features."""
+    dim = int(math.prod(data_shape))
+    feats = PolynomialFeatures(dim, degree, features, num_features, seed)
+    if fit == "closed_form":
+        if conditioning != "per_level":
+            raise UserError("denoiser.fit=closed_form fits one readout per level: use denoiser.conditioning=per_level")
+        return PolynomialRidge(data_shape, grid, feats, ridge, noise_draws, seed)
+    if fit == "sgd":
+        if conditioning not in ("per_level", "blind"):
+            raise UserError(
+                f"denoiser.conditioning={conditioning!r} is not available for polynomial; use per_level or blind"
+            )
+        return PolynomialSGD(data_shape, grid, feats, blind=conditioning == "blind")
+    raise UserError(f"denoiser.fit={fit!r} is not valid for polynomial; choose closed_form or sgd")

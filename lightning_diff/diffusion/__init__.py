@@ -1,0 +1,20 @@
+"""The shared diffusion objective: noise process, level grids, loss and samplers.
+
+This package knows nothing of denoiser families: it only calls ``D(y, t) -> x0_hat``.
+"""
+
+from lightning_diff.diffusion.grids import NoiseGrid, make_grid
+from lightning_diff.diffusion.objective import DiffusionObjective
+from lightning_diff.diffusion.process import add_noise, signal_scale
+from lightning_diff.diffusion.samplers import SAMPLERS, Sampler, make_sampler
+
+__all__ = [
+    "NoiseGrid",
+    "make_grid",
+    "DiffusionObjective",
+    "add_noise",
+    "signal_scale",
+    "SAMPLERS",
+    "Sampler",
+    "make_sampler",
+]

@@ -1,0 +1,153 @@
+"""DiffusionModule: a denoiser plus the shared objective, and nothing family-specific."""
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lightning_diff.checkpoint import CONFIG_KEY
+from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.diffusion.grids import NoiseGrid
+from lightning_diff.diffusion.objective import DiffusionObjective
+from lightning_diff.diffusion.samplers import Sampler
+from lightning_diff.errors import NonFiniteLossError, UserError
+from lightning_diff.seeding import derive_seed
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class WarmupCosine:
+    """Learning-rate multiplier: linear warm-up, then constant or cosine decay to ``floor``."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, decay: str, floor: float) -> None:
+        if decay not in ("constant", "cosine"):
+            raise UserError(f"optimizer schedule {decay!r} is not valid; choose constant or cosine")
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(total_steps, 1)
+        self.decay = decay
+        self.floor = floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def sample_seeds(seed: int, count: int, first: int = 0) -> list[int]:
+    """Per-sample seeds: sample i of a run with ``seed`` always gets the same noise."""
+    return [derive_seed(seed, i) for i in range(first, first + count)]
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains (or fits) ``denoiser`` with ``objective``; logs a per-level validation loss.
+
+    Args:
+        denoiser: any ``D(y, t) -> x0_hat`` module.
+        objective: the shared diffusion objective (grid, level sampling, weighting).
+        optimizer: factory called with the parameters (a Hydra ``_partial_`` optimizer).
+        seed: seeds every step's levels and noise (with the step index).
+        run_info: plain data stored in every checkpoint (config, data shape, grid), so a
+            checkpoint can be rebuilt without unpickling code.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        objective: DiffusionObjective,
+        optimizer: OptimizerFactory | None = None,
+        schedule: WarmupCosine | None = None,
+        seed: int = 0,
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.schedule = schedule
+        self.seed = seed
+        self.run_info = run_info or {}
+
+    @property
+    def grid(self) -> NoiseGrid:
+        return self.objective.grid
+
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        return self.denoiser(y, t)
+
+    def setup(self, stage: str) -> None:
+        if isinstance(self.denoiser, ClosedFormDenoiser) and not bool(self.denoiser.fitted):
+            datamodule = self.trainer.datamodule
+            device = self.trainer.strategy.root_device
+            self.denoiser.to(device)
+            self.denoiser.fit_data(datamodule.train_data.to(device))
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.objective.loss(
+            self.denoiser, batch, self.seed, self.global_step, self.global_rank, self.trainer.world_size
+        )
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at step {self.global_step}; stopped before the update, "
+                "so the last checkpoint holds the last good weights. Lower optimizer.lr or check the data scale."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for name, param in self.named_parameters():
+            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                raise NonFiniteLossError(
+                    f"the gradient of {name} became NaN or infinite at step {self.global_step}; stopped before "
+                    "the update, so the last checkpoint holds the last good weights. Lower optimizer.lr."
+                )
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        losses = self.objective.per_level_loss(self.denoiser, batch, self.seed)
+        for k, value in enumerate(losses.tolist()):
+            self.log(f"val/loss_level_{k}", value, sync_dist=True)
+        self.log("val/loss", float(losses.mean()), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        if self.optimizer_factory is None:
+            raise UserError("this denoiser has trainable parameters but no optimizer was configured")
+        optimizer = self.optimizer_factory(params)
+        if self.schedule is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = self.run_info
+
+    def num_parameters(self) -> int:
+        """Trainable and fitted numbers of the denoiser (all K networks in per-level mode)."""
+        return sum(p.numel() for p in self.denoiser.parameters())
+
+    @torch.no_grad()
+    def generate(
+        self, sampler: Sampler, seeds: Sequence[int], grid: NoiseGrid | None = None, batch_size: int = 256, progress: bool = False
+    ) -> Tensor:
+        """Samples from the current weights in eval mode, one per seed."""
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            return sampler.sample(
+                self.denoiser,
+                grid or self.grid,
+                self.run_info["data_shape"],
+                seeds,
+                batch_size=batch_size,
+                device=self.device,
+                progress=progress,
+            )
+        finally:
+            self.denoiser.train(was_training)

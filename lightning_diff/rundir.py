@@ -1,0 +1,59 @@
+"""The run directory: what a finished run leaves behind for other tools.
+
+```
+<run dir>/
+  checkpoints/last.ckpt   weights (EMA in state_dict, raw in current_model_state) + config
+  samples.npz             samples (N, *data_shape), levels (descending grid), seeds
+  run.json                resolved config, num_parameters, metrics, paths, world size
+  wandb_run_id            W&B run id, so a resumed or requeued run continues the same W&B run
+  wandb/                  the W&B (offline) run
+```
+"""
+
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's W&B id: read from the run directory, or created and stored there once."""
+    path = run_dir / "wandb_run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def save_samples(path: Path, samples: np.ndarray, levels: list[float], seeds: list[int]) -> None:
+    """``samples`` plus the grid sampled along (descending, as used) and the per-sample seeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        np.savez(
+            handle,
+            samples=samples,
+            levels=np.asarray(levels, dtype=np.float64),
+            seeds=np.asarray(seeds, dtype=np.uint64),
+        )
+    os.replace(tmp, path)

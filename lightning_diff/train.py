@@ -1,0 +1,149 @@
+"""``python -m lightning_diff.train <hydra overrides>``: train or fit one denoiser.
+
+``train(cfg)`` is a plain function (tests call it); :func:`main` wraps it with Hydra. The run
+directory layout is described in :mod:`lightning_diff.rundir`.
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import wandb
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from lightning_diff.callbacks.ema import EMA
+from lightning_diff.checkpoint import AtomicCheckpointIO, load_checkpoint
+from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.compose import build, grid_from, objective_from, plain
+from lightning_diff.diffusion.samplers import make_sampler
+from lightning_diff.module import DiffusionModule, WarmupCosine, sample_seeds
+from lightning_diff.rundir import checkpoint_path, save_samples, wandb_run_id, write_json_atomic
+
+
+def _logger(cfg: DictConfig, run_dir: Path) -> Any:
+    if cfg.get("logger") is None:
+        return False
+    return build(cfg.logger, "logger", save_dir=str(run_dir), id=wandb_run_id(run_dir), resume="allow")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or fit) the configured denoiser; returns the ``run.json`` payload."""
+    started = time.time()
+    run_dir = Path(cfg.paths.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), verbose=False)
+
+    datamodule = build(cfg.data, "data")
+    datamodule.setup("fit")
+    diffusion = plain(cfg.diffusion)
+    grid = grid_from(diffusion)
+    denoiser_cfg = plain(cfg.denoiser)
+    denoiser = build(denoiser_cfg, "denoiser", data_shape=datamodule.data_shape, grid=grid)
+    objective = objective_from(diffusion, grid, denoiser_cfg.get("conditioning", "per_level"))
+    trainable = any(p.requires_grad for p in denoiser.parameters())
+
+    trainer_cfg = dict(plain(cfg.trainer))
+    if not trainable:
+        trainer_cfg["max_steps"] = 0  # closed-form families are fitted in setup, not trained
+    schedule = WarmupCosine(total_steps=int(trainer_cfg["max_steps"]), **plain(cfg.lr_schedule))
+    run_info = {
+        "config": plain(cfg),
+        "data_shape": list(datamodule.data_shape),
+        "grid": grid.levels.tolist(),
+        "is_image": bool(datamodule.is_image),
+    }
+    module = DiffusionModule(
+        denoiser,
+        objective,
+        optimizer=instantiate(cfg.optimizer) if trainable else None,
+        schedule=schedule,
+        seed=int(cfg.seed),
+        run_info=run_info,
+    )
+
+    ckpt = checkpoint_path(run_dir)
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=ckpt.parent,
+            filename=ckpt.stem,
+            every_n_train_steps=int(cfg.callbacks.checkpoint_every_n_steps),
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+    ]
+    ema = EMA(float(cfg.callbacks.ema.decay)) if trainable and cfg.callbacks.ema.enabled else None
+    if ema is not None:
+        callbacks.append(ema)
+    logger = _logger(cfg, run_dir)
+    trainer = build(
+        trainer_cfg,
+        "trainer",
+        callbacks=callbacks,
+        logger=logger,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+    resume_from = ckpt if cfg.resume and ckpt.is_file() else None
+    if resume_from is not None:
+        load_checkpoint(resume_from)  # a corrupt or unsafe file fails here with one clear message
+
+    exit_code = 1
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        trainer.save_checkpoint(ckpt)
+        summary = {
+            "config": run_info["config"],
+            "num_parameters": module.num_parameters(),
+            "metrics": {key: float(value) for key, value in metrics.items()},
+            "checkpoint": str(ckpt),
+            "global_step": int(trainer.global_step),
+            "world_size": int(trainer.world_size),
+            "wall_time_s": time.time() - started,
+        }
+        if trainer.is_global_zero:
+            summary.update(_write_samples(cfg, module, ema, run_dir))
+            if logger:
+                summary["wandb_dir"] = str(Path(logger.experiment.dir).parent)
+            write_json_atomic(run_dir / "run.json", summary)
+            print(f"run directory: {run_dir}\nrun summary:   {run_dir / 'run.json'}\ncheckpoint:    {ckpt}")
+            if "samples" in summary:
+                print(f"samples:       {summary['samples']}")
+            if "wandb_dir" in summary:
+                print(f"W&B run:       {summary['wandb_dir']} (offline: upload with `wandb sync` from a machine with network)")
+        exit_code = 0
+        return summary
+    finally:
+        if logger:
+            wandb.finish(exit_code=exit_code)
+
+
+def _write_samples(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, run_dir: Path) -> dict[str, Any]:
+    count = int(cfg.num_samples)
+    if count <= 0:
+        return {}
+    sampler = make_sampler(cfg.sampler.name)
+    seeds = sample_seeds(int(cfg.seed), count)
+    if ema is not None:
+        with ema.averaged(module):
+            samples = module.generate(sampler, seeds, batch_size=int(cfg.sampler.batch_size))
+    else:
+        samples = module.generate(sampler, seeds, batch_size=int(cfg.sampler.batch_size))
+    if module.run_info["is_image"]:
+        samples = samples.clamp(-1, 1)
+    path = run_dir / "samples.npz"
+    save_samples(path, samples.numpy(), module.grid.levels.tolist()[::-1], seeds)
+    return {"samples": str(path), "sampler": sampler.name}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(lambda: train(cfg))
+
+
+if __name__ == "__main__":
+    main()
