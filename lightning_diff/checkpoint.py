@@ -45,6 +45,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err) and "Unsupported class" not in str(err):
+            raise UserError(f"{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]})") from err
         raise UserError(
             f"refused to load {path}: it contains pickled objects that could run code when loaded "
             "(only tensors and plain data are accepted). Re-save it from a trusted run with "

@@ -129,8 +129,13 @@ class DiffusionModule(L.LightningModule):
         checkpoint[CONFIG_KEY] = self.run_info
 
     def num_parameters(self) -> int:
-        """Trainable and fitted numbers of the denoiser (all K networks in per-level mode)."""
-        return sum(p.numel() for p in self.denoiser.parameters())
+        """Numbers that define the denoiser: all parameters (all K networks in per-level mode)
+        plus, for closed-form families, the fitted buffers (for the memorizer: its data)."""
+        count = sum(p.numel() for p in self.denoiser.parameters())
+        for module in self.denoiser.modules():
+            if isinstance(module, ClosedFormDenoiser):
+                count += sum(b.numel() for name, b in module.named_buffers(recurse=False) if name != "fitted")
+        return count
 
     @torch.no_grad()
     def generate(

@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-        trainer.save_checkpoint(ckpt)
+        trainer.save_checkpoint(ckpt, weights_only=False)
         summary = {
             "config": run_info["config"],
             "num_parameters": module.num_parameters(),

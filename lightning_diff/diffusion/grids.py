@@ -6,8 +6,6 @@ Samplers walk a grid from its largest level to its smallest.
 """
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -16,14 +14,14 @@ from lightning_diff.errors import UserError
 GRID_KINDS = ("linear", "cosine", "edm")
 
 
-@dataclass(frozen=True)
 class NoiseGrid:
-    """K noise variances in (0, 1), strictly ascending."""
+    """K noise variances in (0, 1), strictly ascending.
 
-    levels: Tensor
+    A plain class rather than a dataclass: Hydra would turn a dataclass passed to
+    ``instantiate`` into a config node.
+    """
 
-    def __post_init__(self) -> None:
-        levels = self.levels
+    def __init__(self, levels: Tensor) -> None:
         if levels.dim() != 1 or levels.numel() == 0:
             raise UserError(f"a noise grid must be a non-empty 1-D list of levels, got shape {tuple(levels.shape)}")
         bad = [float(v) for v in levels if not (0.0 < float(v) < 1.0)]
@@ -34,6 +32,7 @@ class NoiseGrid:
             )
         if levels.numel() > 1 and not bool((levels[1:] > levels[:-1]).all()):
             raise UserError(f"noise grid levels must be strictly ascending, got {levels.tolist()}")
+        self.levels = levels
 
     def __len__(self) -> int:
         return self.levels.numel()

@@ -1,0 +1,28 @@
+# make run   - set up .venv from nothing and run the main job (offline, CPU is enough)
+# make test  - set up .venv from nothing and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# This machine has local wheels of these; on a GPU cluster override with TORCH_PIN="" to keep its torch.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.lightning_diff-installed
+
+.PHONY: run test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if [ -n "$(TORCH_PIN)" ]; then $(PY) -m pip install -q $(TORCH_PIN); fi
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m lightning_diff.train experiment=quickstart
+
+test: $(STAMP)
+	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs outputs multirun .pytest_cache
