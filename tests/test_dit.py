@@ -8,6 +8,7 @@ from lightning_diff.denoisers.conditioning import Blind, PerLevel
 from lightning_diff.denoisers.dit import DiT, build
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.process import add_noise
+from lightning_diff.compose import build as compose_build
 from lightning_diff.errors import UserError
 from lightning_diff.seeding import generator
 
@@ -217,6 +218,7 @@ def test_other_bad_knobs_are_rejected(overrides: dict, pattern: str) -> None:
         build((1, 8, 8), GRID, **overrides)
 
 
-def test_keys_of_other_families_are_ignored() -> None:
-    denoiser = build((1, 8, 8), GRID, conditioning="blind", rank=3, bottleneck=2, **SMALL)
-    assert isinstance(denoiser, Blind)
+def test_a_key_of_another_family_is_named_when_composed() -> None:
+    spec = {"_target_": "lightning_diff.denoisers.dit.build", "conditioning": "blind", "rank": 3, **SMALL}
+    with pytest.raises(UserError, match=r"denoiser\.rank: not a setting of .*dit\.build.*valid settings: .*patch_size"):
+        compose_build(spec, "denoiser", data_shape=(1, 8, 8), grid=GRID)

@@ -205,12 +205,10 @@ def build(
     mlp_ratio: float = 4.0,
     pos_embed: str = "sincos",
     fit: str = "sgd",
-    **unused: object,
 ) -> nn.Module:
     """DiT denoiser ``D(y, t)`` in any conditioning mode, trained by SGD.
 
-    ``pos_embed`` is ``sincos`` (fixed 2-D sin-cos) or ``learned``. Keys meant for other
-    families (``unused``) are accepted and ignored, so one denoiser config can switch family.
+    ``pos_embed`` is ``sincos`` (fixed 2-D sin-cos) or ``learned``.
     """
     if fit != "sgd":
         raise UserError(f"denoiser.fit={fit!r} is not available for dit; it is trained by SGD only")

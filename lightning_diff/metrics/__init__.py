@@ -1,0 +1,1 @@
+"""Measurements of generated samples: copying (memorization), and more to come."""
