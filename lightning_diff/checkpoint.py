@@ -21,11 +21,18 @@ from lightning_diff.errors import UserError
 CONFIG_KEY = "lightning_diff"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a checkpoint gets normal file permissions
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)

@@ -91,12 +91,15 @@ class DiffusionModule(L.LightningModule):
         loss = self.objective.loss(
             self.denoiser, batch, self.seed, self.global_step, self.global_rank, self.trainer.world_size
         )
-        if not torch.isfinite(loss):
+        # Ranks hold equal slices, so the mean over ranks is the global batch's loss: logged as
+        # a single process would log it, and checked on every rank, so all stop together.
+        global_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+        if not torch.isfinite(global_loss):
             raise NonFiniteLossError(
-                f"training loss became {loss.item()} at step {self.global_step}; stopped before the update, "
+                f"training loss became {global_loss.item()} at step {self.global_step}; stopped before the update, "
                 "so the last checkpoint holds the last good weights. Lower optimizer.lr or check the data scale."
             )
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", global_loss, prog_bar=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -35,14 +35,25 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def wandb_run_id(run_dir: Path) -> str:
-    """The run's W&B id: read from the run directory, or created and stored there once."""
+    """The run's W&B id: read from the run directory, or chosen once and stored there.
+
+    A W&B sweep agent's id (``WANDB_RUN_ID``) is the one chosen when it is set, so the sweep
+    sees its own run. The file is published with a hard link, which fails if it exists: when
+    all ranks of a DDP job ask at once, the first id wins and every rank reads the same one.
+    """
     path = run_dir / "wandb_run_id"
-    if path.is_file():
-        return path.read_text().strip()
-    run_id = secrets.token_hex(4)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id + "\n")
-    return run_id
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".wandb_run_id.", dir=run_dir)
+        with os.fdopen(fd, "w") as handle:
+            handle.write((os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip()
 
 
 def save_samples(path: Path, samples: np.ndarray, levels: list[float], seeds: list[int]) -> None:

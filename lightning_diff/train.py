@@ -4,22 +4,29 @@
 directory layout is described in :mod:`lightning_diff.rundir`.
 """
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
+import torch
 import wandb
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from lightning_diff.callbacks.ema import EMA
+from lightning_diff.callbacks.measure import Measure
+from lightning_diff.callbacks.requeue import slurm_requeue
 from lightning_diff.checkpoint import AtomicCheckpointIO, load_checkpoint
 from lightning_diff.cli import CONF_DIR, exit_on_user_error
 from lightning_diff.compose import build, grid_from, objective_from, plain
 from lightning_diff.diffusion.samplers import make_sampler
+from lightning_diff.distributed import run_ranks, spawns_ranks
+from lightning_diff.errors import UserError
 from lightning_diff.module import DiffusionModule, WarmupCosine, sample_seeds
 from lightning_diff.rundir import checkpoint_path, save_samples, wandb_run_id, write_json_atomic
 
@@ -32,6 +39,8 @@ def _logger(cfg: DictConfig, run_dir: Path) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or fit) the configured denoiser; returns the ``run.json`` payload."""
+    if spawns_ranks(cfg):
+        return run_ranks(train, cfg)
     started = time.time()
     run_dir = Path(cfg.paths.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,13 +87,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ema = EMA(float(cfg.callbacks.ema.decay)) if trainable and cfg.callbacks.ema.enabled else None
     if ema is not None:
         callbacks.append(ema)
+    if cfg.callbacks.get("measure") is not None and cfg.callbacks.measure.enabled:
+        callbacks.append(Measure.from_config(cfg, datamodule, ema))
+    requeue_callbacks, requeue_plugins = slurm_requeue(ckpt)  # under SLURM: checkpoint + requeue on SIGUSR1
+    callbacks += requeue_callbacks
     logger = _logger(cfg, run_dir)
     trainer = build(
         trainer_cfg,
         "trainer",
         callbacks=callbacks,
         logger=logger,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *requeue_plugins],
         default_root_dir=str(run_dir),
     )
     resume_from = ckpt if cfg.resume and ckpt.is_file() else None
@@ -107,6 +120,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         if trainer.is_global_zero:
             summary.update(_write_samples(cfg, module, ema, run_dir))
+            if cfg.get("theory") is not None:
+                summary["theory"] = _check_theory(cfg, module, ema, datamodule, summary, run_dir, logger)
             if logger:
                 summary["wandb_dir"] = str(Path(logger.experiment.dir).parent)
             write_json_atomic(run_dir / "run.json", summary)
@@ -138,6 +153,31 @@ def _write_samples(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, ru
     path = run_dir / "samples.npz"
     save_samples(path, samples.numpy(), module.grid.levels.tolist()[::-1], seeds)
     return {"samples": str(path), "sampler": sampler.name}
+
+
+def _check_theory(
+    cfg: DictConfig, module: DiffusionModule, ema: EMA | None, datamodule: Any, summary: dict[str, Any], run_dir: Path, logger: Any
+) -> dict[str, Any]:
+    """Compare the samples just written with the family's prediction (``theory:``); log it to W&B."""
+    if "samples" not in summary:
+        raise UserError("theory: compares samples with a prediction, so it needs num_samples > 0")
+    check = build(cfg.theory, "theory")
+    samples = torch.from_numpy(np.load(summary["samples"])["samples"])
+    module.denoiser.eval()
+    with ema.averaged(module) if ema is not None else contextlib.nullcontext():
+        result = check(
+            denoiser=module.denoiser,
+            train_data=datamodule.train_data,
+            grid=module.grid,
+            sampler_name=str(cfg.sampler.name),
+            samples=samples,
+            run_dir=run_dir,
+        )
+    if logger:
+        logger.log_metrics({f"theory/{key}": value for key, value in result.items() if isinstance(value, (int, float))})
+        if "figure" in result:
+            logger.experiment.log({"theory/figure": wandb.Image(result["figure"])})
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

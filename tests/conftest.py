@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from omegaconf import DictConfig
 from lightning_diff.cli import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# Tests never see a user's cache (where prefetch may have put FID weights): FID stays off
+# unless a test configures weights itself.
+os.environ["LIGHTNING_DIFF_CACHE"] = tempfile.mkdtemp(prefix="lightning_diff_cache_")
 os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parents[1]
 

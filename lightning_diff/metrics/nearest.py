@@ -29,20 +29,22 @@ def nearest_two(
         )
     if samples.shape[0] == 0:
         raise UserError("there are no samples to compare (the sample set is empty)")
-    s = samples.reshape(samples.shape[0], -1).to(torch.float64)
-    x = train.reshape(train.shape[0], -1).to(torch.float64)
+    # float64 keeps the expanded square exact enough to rank neighbours as a direct difference
+    # would; the training set is converted one chunk at a time, never as a whole copy.
+    s = samples.reshape(samples.shape[0], -1).to(train.device, torch.float64)
+    x = train.reshape(train.shape[0], -1)
     dim = s.shape[1]
-    x_sq = x.pow(2).sum(dim=1)
-    best_d = torch.empty(s.shape[0], 2, dtype=torch.float64)
-    best_i = torch.empty(s.shape[0], 2, dtype=torch.long)
+    device = x.device
+    best_d = torch.empty(s.shape[0], 2, dtype=torch.float64, device=device)
+    best_i = torch.empty(s.shape[0], 2, dtype=torch.long, device=device)
     for start in range(0, s.shape[0], sample_chunk):
         block = s[start : start + sample_chunk]
         block_sq = block.pow(2).sum(dim=1, keepdim=True)
-        run_d = torch.full((block.shape[0], 2), math.inf, dtype=torch.float64)
-        run_i = torch.zeros((block.shape[0], 2), dtype=torch.long)
+        run_d = torch.full((block.shape[0], 2), math.inf, dtype=torch.float64, device=device)
+        run_i = torch.zeros((block.shape[0], 2), dtype=torch.long, device=device)
         for t_start in range(0, x.shape[0], train_chunk):
-            xb = x[t_start : t_start + train_chunk]
-            sq = (block_sq - 2.0 * block @ xb.T + x_sq[t_start : t_start + train_chunk]).clamp_min(0)
+            xb = x[t_start : t_start + train_chunk].to(torch.float64)
+            sq = (block_sq - 2.0 * block @ xb.T + xb.pow(2).sum(dim=1)).clamp_min(0)
             k = min(2, xb.shape[0])
             d, i = sq.topk(k, dim=1, largest=False)
             cand_d = torch.cat([run_d, d], dim=1)

@@ -1,0 +1,46 @@
+"""Pictures of a measurement, as uint8 arrays (H, W, 3) ready for W&B or a PNG file."""
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+from torchvision.utils import make_grid
+
+# Small images are enlarged (nearest neighbour) to about this many pixels per side to be visible.
+DISPLAY_SIDE = 64
+_LABEL_HEIGHT = 14
+
+
+def _display(images: Tensor) -> Tensor:
+    """(B, C, H, W) in [-1, 1] to RGB in [0, 1], enlarged when small."""
+    images = images.detach().float().cpu().clamp(-1, 1)
+    scale = max(1, DISPLAY_SIDE // images.shape[-1])
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return (images + 1) / 2
+
+
+def _to_uint8(grid: Tensor) -> np.ndarray:
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def sample_grid(images: Tensor, nrow: int = 8) -> np.ndarray:
+    """A grid of (B, C, H, W) images in [-1, 1]."""
+    return _to_uint8(make_grid(_display(images), nrow=nrow, padding=2, pad_value=1.0))
+
+
+def nearest_grid(samples: Tensor, nearest: Tensor, distances: Tensor, pairs_per_row: int = 4) -> np.ndarray:
+    """Each sample beside its nearest training image, with the distance d1 written under the pair."""
+    left, right = _display(samples), _display(nearest)
+    tiles = []
+    font = ImageFont.load_default()
+    for sample, neighbour, distance in zip(left, right, distances.tolist()):
+        pair = _to_uint8(make_grid(torch.stack([sample, neighbour]), nrow=2, padding=2, pad_value=1.0))
+        canvas = Image.new("RGB", (pair.shape[1], pair.shape[0] + _LABEL_HEIGHT), "white")
+        canvas.paste(Image.fromarray(pair), (0, 0))
+        ImageDraw.Draw(canvas).text((3, pair.shape[0]), f"d1={distance:.3f}", fill="black", font=font)
+        tiles.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255)
+    grid = make_grid(torch.stack(tiles), nrow=pairs_per_row, padding=6, pad_value=1.0)
+    return _to_uint8(grid)

@@ -1,0 +1,209 @@
+"""Measure a run while it trains: every ``every_n_steps`` steps and at the end of training,
+sample with fixed seeds from the EMA weights, compute the configured metrics, and log them.
+
+Every logger gets the numbers (``measure/memorized_fraction``, ``measure/fid@64``, ...); a
+W&B logger also gets, in the same history row, a grid of samples, a grid pairing each sample
+with its nearest training image and d1, a histogram of d1 and a per-sample table. Under DDP
+each rank samples its own block of the seeds; the metrics gather over all ranks, and rank 0
+draws the pictures of the first samples.
+"""
+
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lightning_diff.callbacks.ema import EMA
+from lightning_diff.callbacks.figures import nearest_grid, sample_grid
+from lightning_diff.compose import plain
+from lightning_diff.diffusion.samplers import make_sampler
+from lightning_diff.errors import UserError
+from lightning_diff.metrics.fid import FeatureSource, WeightsNotFound
+from lightning_diff.metrics.memorization import NearestNeighbours
+from lightning_diff.metrics.suite import MetricSuite, fid_source, metric_names
+from lightning_diff.module import DiffusionModule, sample_seeds
+
+PREFIX = "measure/"
+TABLE_COLUMNS = ["index", "seed", "d1", "d2", "ratio", "memorized", "nearest_index", "second_index"]
+# Progress bars appear only for work that lasts longer than this.
+PROGRESS_DELAY_S = 3.0
+
+
+def resolve_fid(settings: Mapping[str, Any], is_image: bool) -> FeatureSource | None:
+    """The FID weights, or None after one warning when there are none (training goes on)."""
+    try:
+        return fid_source(settings, is_image)
+    except WeightsNotFound as err:
+        rank_zero_warn(str(err))
+        return None
+
+
+class Measure(L.Callback):
+    """Sample, measure and log during training.
+
+    Args:
+        train: the training set (N, *data_shape).
+        is_image: whether the data are images in [-1, 1].
+        data_config: the data config (keys the cached FID reference statistics).
+        settings: the ``callbacks.measure`` node: every_n_steps, num_samples, batch_size,
+            grid_size, metrics, memorization, fid, distribution.
+        sampler: the sampler name (``ddim``, ``ddpm``, ``heun``); the run's own grid is used.
+        seed: sample i is drawn from seed ``derive_seed(seed, i)``, the same at every measurement.
+        ema: the EMA callback whose weights are sampled (None: the raw weights).
+    """
+
+    def __init__(
+        self,
+        train: Tensor,
+        is_image: bool,
+        data_config: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        sampler: str,
+        seed: int,
+        ema: EMA | None = None,
+    ) -> None:
+        self.every_n_steps = int(settings.get("every_n_steps", 0))
+        self.num_samples = int(settings.get("num_samples", 64))
+        self.batch_size = int(settings.get("batch_size", 64))
+        self.grid_size = int(settings.get("grid_size", 16))
+        if self.every_n_steps < 0 or self.num_samples < 2 or self.batch_size < 1 or self.grid_size < 0:
+            raise UserError(
+                "callbacks.measure needs every_n_steps >= 0 (0: only at the end), num_samples >= 2, batch_size >= 1 "
+                f"and grid_size >= 0; got {self.every_n_steps}, {self.num_samples}, {self.batch_size}, {self.grid_size}"
+            )
+        metric_names(settings)
+        self.train = train
+        self.is_image = is_image
+        self.data_config = dict(data_config)
+        self.settings = dict(settings)
+        self.sampler = make_sampler(sampler)
+        self.seed = seed
+        self.ema = ema
+        # Resolved (and checksum-verified) now, so a bad weights file stops the run before training.
+        self.source = resolve_fid(settings, is_image)
+        self.suite: MetricSuite | None = None
+        self.history: list[dict[str, float]] = []
+        self._last_step: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, datamodule: Any, ema: EMA | None) -> "Measure":
+        """The callback a training config describes (``cfg.callbacks.measure``)."""
+        return cls(
+            train=datamodule.train_data,
+            is_image=bool(datamodule.is_image),
+            data_config=plain(cfg.data),
+            settings=plain(cfg.callbacks.measure),
+            sampler=str(cfg.sampler.name),
+            seed=int(cfg.seed),
+            ema=ema,
+        )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.suite is not None:
+            return
+        # Built here, in each process: a TorchScript feature network cannot be pickled to ddp_spawn workers.
+        if self.num_samples < trainer.world_size:
+            raise UserError(
+                f"callbacks.measure.num_samples={self.num_samples} is below the world size {trainer.world_size}; "
+                "every process needs at least one sample"
+            )
+        self.suite = MetricSuite(
+            self.settings, self.train, self.is_image, self.data_config, self.source, self.num_samples
+        ).to(trainer.strategy.root_device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self.measure(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.measure(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Closed-form families (and finished runs resumed) skip the training loop and its end hook.
+        if self._last_step is None:
+            self.measure(trainer, pl_module)
+
+    @torch.no_grad()
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Sample, compute the metrics (all ranks) and log them (rank 0); returns the values."""
+        assert self.suite is not None and isinstance(pl_module, DiffusionModule)
+        rank, world = trainer.global_rank, trainer.world_size
+        first, last = rank * self.num_samples // world, (rank + 1) * self.num_samples // world
+        seeds = sample_seeds(self.seed, self.num_samples)
+        self.suite.reset()
+        self.suite.prepare(progress=rank == 0)
+        shown: list[Tensor] = []
+        averaged = self.ema.averaged(pl_module) if self.ema is not None else nullcontext()
+        starts = range(first, last, self.batch_size)
+        bar = tqdm(
+            starts, desc="measure: sampling + metrics", unit="batch", delay=PROGRESS_DELAY_S, leave=False,
+            disable=rank != 0,
+        )
+        with averaged:
+            for start in bar:
+                stop = min(start + self.batch_size, last)
+                samples = pl_module.generate(self.sampler, seeds[start:stop], batch_size=self.batch_size)
+                if self.is_image:
+                    samples = samples.clamp(-1, 1)
+                self.suite.update(samples, index=torch.arange(start, stop))
+                if sum(s.shape[0] for s in shown) < self.grid_size:
+                    shown.append(samples)
+        values = self.suite.compute()
+        neighbours = self.suite.neighbours()
+        self._last_step = trainer.global_step
+        self.history.append(values)
+        if rank == 0:
+            shown_samples = torch.cat(shown)[: self.grid_size] if shown else None
+            self._log(trainer, values, neighbours, shown_samples, seeds)
+        return values
+
+    def _log(
+        self,
+        trainer: L.Trainer,
+        values: dict[str, float],
+        neighbours: NearestNeighbours | None,
+        shown: Tensor | None,
+        seeds: list[int],
+    ) -> None:
+        step = trainer.global_step
+        scalars = {PREFIX + key: value for key, value in values.items()}
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                logger.log_metrics(scalars, step=step)
+                continue
+            import wandb
+
+            payload: dict[str, Any] = dict(scalars)
+            if shown is not None and self.is_image and shown.shape[0] > 0:
+                caption = f"step {step}: the first {shown.shape[0]} of {self.num_samples} samples"
+                payload[PREFIX + "samples"] = wandb.Image(sample_grid(shown), caption=caption)
+                if neighbours is not None:
+                    count = shown.shape[0]
+                    nearest = self.train[neighbours.nearest[:count, 0]]
+                    picture = nearest_grid(shown, nearest, neighbours.d1[:count])
+                    payload[PREFIX + "nearest"] = wandb.Image(
+                        picture, caption=f"step {step}: sample | nearest training image, d1 = L2 / sqrt(d)"
+                    )
+            if neighbours is not None:
+                payload[PREFIX + "d1_histogram"] = wandb.Histogram(neighbours.d1.numpy())
+                payload[PREFIX + "per_sample"] = wandb.Table(columns=TABLE_COLUMNS, data=self._rows(neighbours, seeds))
+            logger.log_metrics(payload, step=step)
+
+    def _rows(self, neighbours: NearestNeighbours, seeds: list[int]) -> list[list[Any]]:
+        assert self.suite is not None and self.suite.memorization is not None
+        ratio = self.suite.memorization.ratio
+        rows = []
+        for i, d1, d2, near in zip(
+            neighbours.index.tolist(), neighbours.d1.tolist(), neighbours.d2.tolist(), neighbours.nearest.tolist()
+        ):
+            rows.append([i, seeds[i], d1, d2, d1 / d2 if d2 > 0 else float("inf"), d1 < ratio * d2, near[0], near[1]])
+        return rows

@@ -1,0 +1,186 @@
+"""``python -m lightning_diff.evaluate ckpt=PATH`` or ``samples=FILE.npz data=<name>``: every metric
+as one JSON object.
+
+The samples are drawn from a checkpoint (fixed per-sample seeds, EMA weights by default) or
+read from an ``.npz`` (array ``samples``, N x data shape). They are measured against the
+training set of the data config (``data=...``, or the checkpoint's own) with the training
+run's metric settings (``callbacks.measure``): ``memorized_fraction``, ``d1_median`` and the
+other d1 quantiles, ``fid@<n>`` when FID weights are found, the distribution distances for
+synthetic data, and ``agreement_cosine_mean`` against a second model with ``compare=``. The
+JSON goes to stdout (progress and warnings to stderr), to ``out=FILE`` when given, and with
+``wandb=true`` into the run's W&B run under ``eval/``.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.compose import build, plain
+from lightning_diff.diffusion.grids import NoiseGrid
+from lightning_diff.diffusion.samplers import make_sampler
+from lightning_diff.errors import UserError
+from lightning_diff.metrics.agreement import TwoModelAgreement
+from lightning_diff.metrics.fid import WeightsNotFound
+from lightning_diff.metrics.suite import MetricSuite, fid_source
+from lightning_diff.module import sample_seeds
+from lightning_diff.rundir import wandb_run_id, write_json_atomic
+from lightning_diff.sample import load_denoiser
+
+DEFAULT_PROJECT = "lightning_diff"
+
+
+def read_samples(path: str | Path) -> torch.Tensor:
+    """The ``samples`` array of an ``.npz`` file, as float32, checked to be non-empty and finite."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"samples={path}: no such file; give an .npz with an array 'samples' (N, *data_shape)")
+    try:
+        with np.load(path) as archive:
+            if "samples" not in archive.files:
+                raise UserError(
+                    f"{path} has no array 'samples' (it has: {', '.join(archive.files) or 'nothing'}); "
+                    "write the samples as np.savez(path, samples=array)"
+                )
+            array = archive["samples"]
+    except (OSError, ValueError) as err:
+        raise UserError(f"samples={path} is not a readable .npz file ({err})") from err
+    if array.ndim < 2 or array.shape[0] == 0:
+        raise UserError(
+            f"{path}: 'samples' has shape {array.shape}; it must hold at least one sample (N >= 1, *data_shape)"
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise UserError(f"{path}: 'samples' has dtype {array.dtype}; it must be numeric")
+    samples = torch.from_numpy(np.asarray(array, dtype=np.float32))
+    if not bool(torch.isfinite(samples).all()):
+        raise UserError(f"{path}: 'samples' contains NaN or infinite values")
+    return samples
+
+
+def draw_samples(cfg: DictConfig, ckpt: str | Path, count: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``count`` samples of a checkpoint from the seeds ``derive_seed(cfg.seed, i)``, and its stored description."""
+    denoiser, info = load_denoiser(ckpt, cfg.weights)
+    run_sampler = info["config"]["sampler"]
+    sampler = make_sampler(cfg.sampler.name if cfg.get("sampler") else run_sampler["name"])
+    batch_size = int(cfg.sampler.batch_size if cfg.get("sampler") else run_sampler["batch_size"])
+    device = torch.device(cfg.device)
+    samples = sampler.sample(
+        denoiser.to(device),
+        NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64)),
+        info["data_shape"],
+        sample_seeds(int(cfg.seed), count),
+        batch_size=batch_size,
+        device=device,
+        progress=bool(cfg.progress),
+    )
+    return (samples.clamp(-1, 1) if info["is_image"] else samples), info
+
+
+def _agreement(cfg: DictConfig, samples: torch.Tensor) -> dict[str, float]:
+    other_path = Path(cfg.compare).expanduser()
+    if other_path.suffix == ".npz":
+        other = read_samples(other_path)
+    else:
+        other, _ = draw_samples(cfg, other_path, samples.shape[0])
+    if other.shape != samples.shape:
+        raise UserError(
+            f"compare={other_path} gives samples of shape {tuple(other.shape)}, these are {tuple(samples.shape)}; "
+            "compare the same number of samples from the same seeds"
+        )
+    metric = TwoModelAgreement()
+    metric.update(samples, other)
+    return {key: float(value) for key, value in metric.compute().items()}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """All metrics of the samples ``cfg`` names, as a flat dict (also printed and written)."""
+    if (cfg.get("ckpt") is None) == (cfg.get("samples") is None):
+        raise UserError("give exactly one of ckpt=PATH (samples are drawn from it) or samples=FILE.npz")
+    settings = plain(cfg.callbacks.measure)
+    project = DEFAULT_PROJECT
+    count = int(cfg.num_samples if cfg.num_samples is not None else settings.get("num_samples", 64))
+    if cfg.get("ckpt") is not None:
+        if count < 1:
+            raise UserError(f"num_samples={count} must be at least 1")
+        samples, info = draw_samples(cfg, cfg.ckpt, count)
+        data_config = plain(cfg.data) if cfg.get("data") else info["config"]["data"]
+        project = (info["config"].get("logger") or {}).get("project") or project
+    else:
+        samples = read_samples(cfg.samples)
+        if not cfg.get("data"):
+            raise UserError(
+                f"samples={cfg.samples} needs the data they are measured against: add data=<name> (e.g. data=digits)"
+            )
+        data_config = plain(cfg.data)
+    datamodule = build(data_config, "data")
+    train = datamodule.train_data
+    is_image = bool(datamodule.is_image)
+    try:
+        source = fid_source(settings, is_image)
+    except WeightsNotFound as err:
+        print(f"warning: {err}", file=sys.stderr, flush=True)
+        source = None
+    device = torch.device(cfg.device)
+    suite = MetricSuite(settings, train, is_image, data_config, source, samples.shape[0]).to(device)
+    suite.prepare(progress=bool(cfg.progress))
+    batch_size = int(settings.get("batch_size", 64))
+    chunks = range(0, samples.shape[0], batch_size)
+    for start in tqdm(chunks, desc="evaluate", unit="batch", delay=3, leave=False, disable=not cfg.progress):
+        stop = min(start + batch_size, samples.shape[0])
+        suite.update(samples[start:stop].to(device), index=torch.arange(start, stop))
+    result: dict[str, Any] = dict(suite.compute())
+    if cfg.get("compare") is not None:
+        result.update(_agreement(cfg, samples))
+    result["num_samples"] = int(samples.shape[0])
+    result["source"] = str(cfg.ckpt if cfg.get("ckpt") is not None else cfg.samples)
+    text = json.dumps(result, sort_keys=True)
+    print(text, flush=True)
+    if cfg.get("out"):
+        write_json_atomic(Path(cfg.out).expanduser(), result)
+    if cfg.get("wandb"):
+        _log_to_wandb(cfg, result, project)
+    return result
+
+
+def _log_to_wandb(cfg: DictConfig, result: dict[str, Any], project: str) -> None:
+    """Add the metrics under ``eval/`` to the W&B run of the run directory."""
+    import wandb
+
+    if cfg.get("run_dir"):
+        run_dir = Path(cfg.run_dir).expanduser()
+    elif cfg.get("ckpt"):
+        run_dir = Path(cfg.ckpt).expanduser().resolve().parent.parent
+    else:
+        raise UserError("wandb=true with samples= needs run_dir=<the run directory> to find its W&B run")
+    if not run_dir.is_dir():
+        raise UserError(f"run_dir={run_dir} is not a directory; give the training run's directory")
+    numbers = {f"eval/{key}": value for key, value in result.items() if isinstance(value, (int, float))}
+    run = wandb.init(
+        project=project,
+        id=wandb_run_id(run_dir),
+        dir=str(run_dir),
+        resume="allow",
+        mode=os.environ.get("WANDB_MODE", "offline"),
+    )
+    try:
+        run.log(numbers)
+        run.summary.update(numbers)
+    finally:
+        run.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(lambda: evaluate(cfg))
+
+
+if __name__ == "__main__":
+    main()

