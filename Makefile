@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m lightning_diff.train experiment=quickstart
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m lightning_diff.demo
 
 test: $(STAMP)
 	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
