@@ -4,7 +4,6 @@
 directory layout is described in :mod:`lightning_diff.rundir`.
 """
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from lightning_diff.callbacks.ema import EMA
+from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.callbacks.measure import Measure
 from lightning_diff.callbacks.requeue import slurm_requeue
 from lightning_diff.checkpoint import AtomicCheckpointIO, load_checkpoint
@@ -143,10 +142,7 @@ def _write_samples(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, ru
         return {}
     sampler = make_sampler(cfg.sampler.name)
     seeds = sample_seeds(int(cfg.seed), count)
-    if ema is not None:
-        with ema.averaged(module):
-            samples = module.generate(sampler, seeds, batch_size=int(cfg.sampler.batch_size))
-    else:
+    with ema_weights(ema, module):
         samples = module.generate(sampler, seeds, batch_size=int(cfg.sampler.batch_size))
     if module.run_info["is_image"]:
         samples = samples.clamp(-1, 1)
@@ -164,7 +160,7 @@ def _check_theory(
     check = build(cfg.theory, "theory")
     samples = torch.from_numpy(np.load(summary["samples"])["samples"])
     module.denoiser.eval()
-    with ema.averaged(module) if ema is not None else contextlib.nullcontext():
+    with ema_weights(ema, module):
         result = check(
             denoiser=module.denoiser,
             train_data=datamodule.train_data,

@@ -8,7 +8,7 @@ the EMA weights in for sampling.
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
@@ -49,3 +49,8 @@ class EMA(WeightAveraging):
             yield
         finally:
             self._swap_models(pl_module)
+
+
+def ema_weights(ema: "EMA | None", pl_module: "L.LightningModule") -> AbstractContextManager[None]:
+    """Within the block the module holds its EMA weights, or its current ones without EMA."""
+    return ema.averaged(pl_module) if ema is not None else nullcontext()

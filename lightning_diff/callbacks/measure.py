@@ -9,7 +9,6 @@ draws the pictures of the first samples.
 """
 
 from collections.abc import Mapping
-from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -20,7 +19,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightning_diff.callbacks.ema import EMA
+from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.callbacks.figures import nearest_grid, sample_grid
 from lightning_diff.compose import plain
 from lightning_diff.diffusion.samplers import make_sampler
@@ -142,7 +141,7 @@ class Measure(L.Callback):
         self.suite.reset()
         self.suite.prepare(progress=rank == 0)
         shown: list[Tensor] = []
-        averaged = self.ema.averaged(pl_module) if self.ema is not None else nullcontext()
+        averaged = ema_weights(self.ema, pl_module)
         starts = range(first, last, self.batch_size)
         bar = tqdm(
             starts, desc="measure: sampling + metrics", unit="batch", delay=PROGRESS_DELAY_S, leave=False,
