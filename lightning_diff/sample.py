@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from lightning_diff.checkpoint import load_checkpoint, run_config
 from lightning_diff.cli import CONF_DIR, exit_on_user_error
-from lightning_diff.compose import build, grid_from, plain
+from lightning_diff.compose import build, grid_from
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError

@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -18,6 +20,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["LIGHTNING_DIFF_CACHE"] = tempfile.mkdtemp(prefix="lightning_diff_cache_")
 os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: for tiny tensors, two threads on 2 shared cores wait on each other
+    far longer than they compute."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def require_system(what: str, present: bool) -> None:

@@ -160,15 +160,6 @@ def test_templates_name_what_is_missing(tmp_path):
 # ---------------------------------------------------------------- sweeps and launcher configs
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny convolutions: two threads on a busy 2-core machine wait on each other far longer than they compute.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_unet_ablation_sweep_is_the_papers_grid_and_every_variant_builds(one_thread):
     runs = expand(SWEEPS / "unet_ablation.yaml")
     assert runs == [[f"ablation={name}"] for name in ABLATION_VARIANTS]

@@ -27,13 +27,7 @@ from lightning_diff.seeding import generator
 GRID = make_grid(10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two shared cores: one intra-op thread avoids oversubscription on these small tensors.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ from lightning_diff.train import train
 from wandb_offline import offline_runs, records
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two shared cores: one intra-op thread avoids oversubscription on these small tensors.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(run_dir: Path, experiment: str, *overrides: str) -> dict:

@@ -1,6 +1,5 @@
 """The paper's UNet: exact parameter counts, every knob's shapes, homogeneity, equivariance."""
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,13 +11,7 @@ from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These networks are tiny: thread hand-offs cost more than they save, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count(module: nn.Module) -> int:
