@@ -320,7 +320,8 @@ def test_a_requeued_job_resumes_its_checkpoint_run_directory_and_wandb_run(clust
     def wait_for_a_checkpoint_after(moment: float) -> None:
         deadline = time.monotonic() + 240
         while not (checkpoint.is_file() and checkpoint.stat().st_mtime > moment):
-            running = cluster.jobs(job)[job]["JobState"] in ("PENDING", "RUNNING")
+            # A released requeued job passes through REQUEUED and CONFIGURING before RUNNING.
+            running = cluster.jobs(job)[job]["JobState"] in ("REQUEUED", "PENDING", "CONFIGURING", "RUNNING")
             assert time.monotonic() < deadline and running, log_of(log)
             time.sleep(0.1)
 
@@ -417,6 +418,7 @@ def test_hydra_submitit_launcher_runs_each_variant_as_a_slurm_job(cluster, tmp_p
     folders = (sweep_dir / ".submitit").iterdir()
     tasks = [path.name.split("_") for path in folders if re.fullmatch(r"\d+_\d+", path.name)]
     (array_id,) = {array for array, _ in tasks}
-    jobs = cluster.jobs(array_id).values()
+    # submitit returns once results are written; SLURM may still be finishing the tasks.
+    jobs = cluster.wait(array_id, timeout=120, tasks=2).values()
     assert sorted(job["ArrayTaskId"] for job in jobs) == sorted(task for _, task in tasks) == ["0", "1"]
     assert {job["JobState"] for job in jobs} == {"COMPLETED"}
