@@ -22,7 +22,7 @@ from lightning_diff.train import train
 def demo(overrides: list[str], root: Path) -> dict[str, float]:
     """Run both models under ``root``; returns the copy fraction of each."""
     fractions = {}
-    for name, extra in (("unet", []), ("empirical", ["denoiser=empirical"])):
+    for name, extra in (("unet", ["denoiser.base_channels=16"]), ("empirical", ["denoiser=empirical"])):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("train", overrides=["experiment=main", *overrides, *extra, f"paths.run_dir={root / name}"])
         summary = train(cfg)
