@@ -1,0 +1,569 @@
+"""The paper's local polynomial denoiser: one ridge regression per patch position on patch features.
+
+Levine & Weiss (2026): at noise level t, output pixel l (all its channels) is predicted from
+the P x P noisy patch z that contains l through the features [1, z, (W z)^p] of
+:func:`~lightning_diff.denoisers.features.power_features`, with a ridge readout fitted on the
+training patches at the same place. One projection W per level, shared by all places. P and
+the number of random features shrink with t (:data:`PAPER_PATCH_SIZES`,
+:data:`PAPER_NUM_FEATURES` for 64 x 64 images, highest noise first; :func:`paper_schedule`
+scales them). The patch of pixel l is centred on l where it fits and slides inwards at the
+border (rows start at clamp(l - P // 2, 0, H - P), columns alike), so a patch never leaves the
+image and the largest one, P = H, is a single global regression.
+
+The straightforward implementation fits one regression per output pixel that predicts the
+whole patch. Here, with the same estimator:
+
+- one factorisation per distinct patch position ((H - P + 1) x (W - P + 1) of them, one when
+  P = H) serves every pixel whose patch sits there, and each pixel's readout is solved for its
+  own C outputs only: positions are grouped by how many pixels they serve (centre, edge and
+  corner positions), so each group is one batched solve;
+- W z for all positions is a valid cross-correlation of the image with the F_r projection
+  filters: ``conv2d`` when there are few positions, otherwise a DFT along the columns with the
+  sums along the rows as complex matrix products, and the inverse DFT evaluated only at the
+  positions (a matrix product);
+- with M = N * noise_draws training patches and F = 1 + C P^2 + F_r features, a level is fitted
+  in dual form (M x M kernel) or primal form (F x F Gram), whichever costs less;
+- in dual form, the linear part of the kernel, z_i . z_j over a window, is either a matrix
+  product of patches or inner products of column strips summed over neighbouring columns,
+  whichever costs less; the fitted model keeps the noisy training images and each pixel's
+  dual coefficients for it.
+
+Memory: the fit of a level holds the projected features of its positions,
+(H - P + 1)(W - P + 1) x M x F_r floats; kernels and Grams are built a block of positions at
+a time.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.denoisers.features import random_projection
+from lightning_diff.diffusion.grids import NoiseGrid, level_index
+from lightning_diff.diffusion.process import add_noise
+from lightning_diff.errors import UserError
+from lightning_diff.seeding import derive_seed, generator
+
+PAPER_IMAGE_SIZE = 64
+PAPER_PATCH_SIZES = (64, 55, 45, 35, 27, 21, 15, 11, 7, 3)
+PAPER_NUM_FEATURES = (1024, 1024, 512, 256, 128, 128, 64, 32, 16, 8)
+
+_PROJECTION_STREAM = 1
+_NOISE_STREAM = 2
+# Largest intermediate tensor (elements) of a block of positions or a DFT chunk: 256 MB in float32.
+_BLOCK_ELEMENTS = 1 << 26
+# Per flop, the DFT route runs about 3x slower than conv2d (measured on a 2-core EPYC: its
+# permutes and small inverse products are memory-bound, conv2d runs near the matmul peak).
+_SPECTRAL_SLOWDOWN = 3.0
+# Batched Cholesky of many small systems runs about 4x slower per flop than a batched product.
+_FACTOR_SLOWDOWN = 4.0
+
+
+def _interpolate(schedule: tuple[int, ...], num_levels: int) -> list[float]:
+    """``schedule`` read at ``num_levels`` evenly spaced positions, linearly interpolated."""
+    if num_levels == 1:
+        return [float(schedule[0])]
+    out = []
+    for k in range(num_levels):
+        pos = k * (len(schedule) - 1) / (num_levels - 1)
+        lo = min(int(pos), len(schedule) - 2)
+        frac = pos - lo
+        out.append(schedule[lo] * (1.0 - frac) + schedule[lo + 1] * frac)
+    return out
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+def paper_schedule(image_size: int, num_levels: int) -> tuple[list[int], list[int]]:
+    """Patch sizes and random-feature counts for ``num_levels`` levels, highest noise first.
+
+    The paper's 10-level schedule for 64 x 64 images is interpolated over the level position
+    and patch sizes are scaled by ``image_size / 64`` (rounded, at least 1, at most the image).
+    """
+    sizes = [
+        min(image_size, max(1, _round_half_up(p64 * image_size / PAPER_IMAGE_SIZE)))
+        for p64 in _interpolate(PAPER_PATCH_SIZES, num_levels)
+    ]
+    features = [max(1, _round_half_up(f)) for f in _interpolate(PAPER_NUM_FEATURES, num_levels)]
+    return sizes, features
+
+
+def patch_starts(extent: int, patch_size: int) -> Tensor:
+    """Where the patch of each pixel starts along an axis: centred, slid inwards at the border."""
+    return (torch.arange(extent) - patch_size // 2).clamp(0, extent - patch_size)
+
+
+def _inverse_rfft_matrix(out_w: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The inverse of ``rfft`` of length ``width`` at the points b < out_w, as a real (out_w, 2K)
+    map from [Re of the K = width // 2 + 1 half-spectrum entries, then their Im] to real values;
+    it carries the Hermitian weights and the 1 / width normalisation."""
+    half = width // 2 + 1
+    weight = torch.full((half,), 2.0, dtype=torch.float64)
+    weight[0] = 1.0
+    if width % 2 == 0:
+        weight[-1] = 1.0
+    angle = torch.outer(torch.arange(out_w, dtype=torch.float64), torch.arange(half, dtype=torch.float64))
+    angle *= 2 * math.pi / width
+    inverse = torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1) * (weight.repeat(2) / width)
+    return inverse.to(device=device, dtype=dtype)
+
+
+def _projections_spectral(images: Tensor, filters: Tensor) -> Tensor:
+    """Valid cross-correlations through the DFT along the columns and sums along the rows.
+
+    Per column frequency, the sum over the channels and the P filter rows is one complex
+    matrix product of row windows (n x C P) with the filters' spectra (C P x F), so the work is
+    compute-bound; a valid correlation never wraps, so the DFT has the image's own length.
+    """
+    n, channels, height, width = images.shape
+    count, size = filters.shape[0], filters.shape[-1]
+    out_h, out_w = height - size + 1, width - size + 1
+    half = width // 2 + 1
+    # Correlation, not convolution: the filters' spectra enter conjugated. As a real product,
+    # [Re x, Im x] (1 x 2CP) times [[Re w, Im w], [-Im w, Re w]] (2CP x 2F) is [Re, Im] of x w.
+    spec_filters = torch.view_as_real(torch.fft.rfft(filters, n=width, dim=-1).conj().resolve_conj())
+    real, imag = spec_filters.permute(3, 1, 2, 0, 4).reshape(half, channels * size, count, 2).unbind(-1)
+    mixing = torch.cat([torch.cat([real, imag], dim=2), torch.cat([-imag, real], dim=2)], dim=1)
+    inverse = _inverse_rfft_matrix(out_w, width, images.dtype, images.device)
+    out = images.new_empty(out_h, out_w, n, count)
+    step = max(1, _BLOCK_ELEMENTS // (half * out_h * 2 * max(count, channels * size)))
+    for i0 in range(0, n, step):
+        chunk = images[i0 : i0 + step]
+        ni = chunk.shape[0]
+        spectrum = torch.view_as_real(torch.fft.rfft(chunk, dim=-1))  # (ni, C, H, K, 2)
+        windows = spectrum.unfold(2, size, 1)  # (ni, C, out_h, K, 2, P)
+        rows = windows.permute(3, 2, 0, 4, 1, 5).reshape(half, out_h * ni, 2 * channels * size)
+        mixed = torch.bmm(rows, mixing)  # (K, out_h ni, [Re F, Im F])
+        parts = mixed.reshape(half, out_h * ni, 2, count).permute(2, 0, 1, 3).reshape(2 * half, -1)
+        out[:, :, i0 : i0 + ni] = (inverse @ parts).reshape(out_w, out_h, ni, count).transpose(0, 1)
+    return out.reshape(out_h * out_w, n, count)
+
+
+def _projections_direct(images: Tensor, filters: Tensor) -> Tensor:
+    n, _, height, width = images.shape
+    count, size = filters.shape[0], filters.shape[-1]
+    positions = (height - size + 1) * (width - size + 1)
+    out = images.new_empty(positions, n, count)
+    step = max(1, _BLOCK_ELEMENTS // (count * positions))
+    for i0 in range(0, n, step):
+        corr = F.conv2d(images[i0 : i0 + step], filters)  # (ni, count, H - P + 1, W - P + 1)
+        out[:, i0 : i0 + step] = corr.flatten(2).permute(2, 0, 1)
+    return out
+
+
+def uses_spectral(channels: int, patch_size: int, height: int, width: int) -> bool:
+    """Whether the DFT route is estimated cheaper than the direct correlation."""
+    out_h, out_w = height - patch_size + 1, width - patch_size + 1
+    half = width // 2 + 1
+    spectral = _SPECTRAL_SLOWDOWN * (8 * channels * patch_size * out_h * half + 4 * half * out_h * out_w)
+    direct = 2 * channels * patch_size**2 * out_h * out_w
+    return spectral < direct
+
+
+def patch_projections(images: Tensor, filters: Tensor) -> Tensor:
+    """<filters[f], patch at position q of image i> for every patch position q: (Q, n, F).
+
+    ``images`` is (n, C, H, W) and ``filters`` (F, C, P, P); the Q = (H - P + 1)(W - P + 1)
+    positions are in row-major order; patches and filters flatten as (C, P, P).
+    """
+    _, channels, height, width = images.shape
+    if uses_spectral(channels, filters.shape[-1], height, width):
+        return _projections_spectral(images, filters)
+    return _projections_direct(images, filters)
+
+
+def patches(images: Tensor, patch_size: int, rows: range) -> Tensor:
+    """The flattened (C, P, P) patches at position rows ``rows``, all columns: (len(rows) * (W - P + 1), n, C P^2)."""
+    size = patch_size
+    windows = images[:, :, rows.start : rows.stop + size - 1].unfold(2, size, 1).unfold(3, size, 1)
+    n, channels, count, out_w = windows.shape[:4]
+    return windows.permute(2, 3, 0, 1, 4, 5).reshape(count * out_w, n, channels * size * size)
+
+
+def window_inner_products(a: Tensor, b: Tensor, patch_size: int, rows: range) -> Tensor:
+    """z_i . z_j of the (C, P, P) patches of a_i and b_j at position rows ``rows``: (len(rows) * (W - P + 1), n_a, n_b).
+
+    Inner products of the P-long column strips under each position row at every column are
+    one batched matrix product; a band of ones then sums P neighbouring columns. Per pair and
+    position row that is 2 W (C P + W - P + 1) flops instead of 2 (W - P + 1) C P^2.
+    """
+    size = patch_size
+    channels, width = a.shape[1], a.shape[3]
+    out_w = width - size + 1
+    count = len(rows)
+
+    def column_strips(images: Tensor) -> Tensor:
+        strips = images[:, :, rows.start : rows.stop + size - 1].unfold(2, size, 1)  # (n, C, rows, W, P)
+        return strips.permute(2, 3, 0, 1, 4).reshape(count * width, images.shape[0], channels * size)
+
+    per_column = torch.bmm(column_strips(a), column_strips(b).transpose(1, 2))
+    offset = torch.arange(width, device=a.device) - torch.arange(out_w, device=a.device)[:, None]
+    band = ((offset >= 0) & (offset < size)).to(a.dtype)  # (W - P + 1, W): column s is in window l
+    summed = band @ per_column.reshape(count, width, a.shape[0] * b.shape[0])
+    return summed.reshape(count * out_w, a.shape[0], b.shape[0])
+
+
+def _axis_owners(extent: int, patch_size: int) -> tuple[Tensor, Tensor]:
+    """Per patch position along an axis: how many pixels it serves and the first of them.
+
+    Start positions are non-decreasing in the pixel, so each position serves a run of pixels.
+    """
+    counts = torch.bincount(patch_starts(extent, patch_size), minlength=extent - patch_size + 1)
+    return counts, torch.cumsum(counts, 0) - counts
+
+
+def position_groups(height: int, width: int, patch_size: int, rows: range) -> list[tuple[Tensor, Tensor]]:
+    """Patch positions in position rows ``rows``, grouped by how many pixels each serves.
+
+    Returns (positions, pixels) per group: ``positions`` (G,) indexes the block's positions in
+    row-major order and ``pixels`` (G, r) the r pixels (row-major over the image) each serves.
+    """
+    counts_x, first_x = _axis_owners(height, patch_size)
+    counts_y, first_y = _axis_owners(width, patch_size)
+    out_w = width - patch_size + 1
+    block_x = torch.arange(rows.start, rows.stop)
+    groups = []
+    for cx in torch.unique(counts_x[block_x]).tolist():
+        a = block_x[counts_x[block_x] == cx]
+        for cy in torch.unique(counts_y).tolist():
+            b = (counts_y == cy).nonzero(as_tuple=True)[0]
+            positions = ((a - rows.start)[:, None] * out_w + b[None, :]).reshape(-1)
+            pixel_rows = first_x[a][:, None] + torch.arange(cx)  # (A, cx)
+            pixel_cols = first_y[b][:, None] + torch.arange(cy)  # (B, cy)
+            pixels = pixel_rows[:, None, :, None] * width + pixel_cols[None, :, None, :]
+            groups.append((positions, pixels.reshape(len(a) * len(b), cx * cy)))
+    return groups
+
+
+def regularised_factor(matrix: Tensor, ridge: float, num_features: int) -> Tensor:
+    """Cholesky factor of A + lam I for symmetric PSD A, batched, with lam = ridge * trace(A) / num_features.
+
+    For a Gram Phi^T Phi or a kernel Phi Phi^T the trace is ||Phi||_F^2, so this is the relative
+    penalty of :func:`~lightning_diff.denoisers.ridge.ridge_solve` in either form. Cholesky, not
+    LU: on this machine's torch/MKL build batched LU returns invalid pivots once
+    ``torch.set_num_threads`` has been called. A system that rounding made indefinite is
+    factored in float64.
+    """
+    lam = ridge * matrix.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-30) / num_features
+    system = matrix.clone()
+    system.diagonal(dim1=-2, dim2=-1).add_(lam[:, None])
+    factor, info = torch.linalg.cholesky_ex(system)
+    if bool((info != 0).any()):
+        factor, info = torch.linalg.cholesky_ex(system.double())
+        if bool((info != 0).any()):
+            raise UserError(
+                f"denoiser.ridge={ridge} is too small for the fitted kernels to stay positive definite in "
+                f"{matrix.dtype}; use a larger ridge (e.g. {ridge * 10:g})"
+            )
+    return factor
+
+
+class PolynomialPatchDenoiser(ClosedFormDenoiser):
+    """Local polynomial ridge denoiser, one patch size and projection per grid level.
+
+    Args:
+        data_shape: (C, H, W).
+        grid: the noise grid; level k (ascending t) uses ``patch_sizes[k]`` and
+            ``num_features[k]`` random features; both lists are in grid order here.
+        power: the power p of the random features.
+        noise_draws: noisy copies of each training image per level (fixed seed).
+        ridge: relative ridge penalty (see :func:`regularised_factor`); must be positive.
+        seed: seeds the projections and the training noise.
+
+    Fitted state, per level k, in buffers, for the L = H * W pixels in row-major order:
+    ``bias_k`` (L, C), ``power_readout_k`` (L, F_r, C) and either ``linear_readout_k``
+    (L, C P^2, C) (primal fit) or ``train_inputs_k`` (M, C, H, W) with ``dual_coef_k``
+    (L, M, C) (dual fit).
+    """
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        grid: NoiseGrid,
+        patch_sizes: list[int],
+        num_features: list[int],
+        power: int = 2,
+        noise_draws: int = 1,
+        ridge: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_arguments(data_shape, grid, patch_sizes, num_features, power, noise_draws, ridge)
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.patch_sizes = [int(p) for p in patch_sizes]
+        self.num_features = [int(f) for f in num_features]
+        self.power = power
+        self.noise_draws = noise_draws
+        self.ridge = ridge
+        self.seed = seed
+        self.register_buffer("levels", grid.levels.clone().float())
+        channels = self.data_shape[0]
+        for k, (size, count) in enumerate(zip(self.patch_sizes, self.num_features)):
+            projection = random_projection(count, channels * size * size, derive_seed(seed, _PROJECTION_STREAM, k))
+            self.register_buffer(f"projection_{k}", projection)
+            for name in ("bias", "power_readout", "linear_readout", "train_inputs", "dual_coef"):
+                self.register_buffer(f"{name}_{k}", torch.zeros(0))
+
+    def _state(self, name: str, level: int) -> Tensor:
+        return getattr(self, f"{name}_{level}")
+
+    def is_dual(self, level: int) -> bool:
+        """Whether level ``level`` was fitted in dual form (M x M kernels)."""
+        return self._state("dual_coef", level).numel() > 0
+
+    def _filters(self, level: int, dtype: torch.dtype) -> Tensor:
+        size = self.patch_sizes[level]
+        return self._state("projection", level).to(dtype).reshape(-1, self.data_shape[0], size, size)
+
+    def _position_blocks(self, level: int, per_position: int) -> list[range]:
+        """Blocks of position rows whose largest intermediate has about _BLOCK_ELEMENTS entries."""
+        _, height, width = self.data_shape
+        out_h, out_w = height - self.patch_sizes[level] + 1, width - self.patch_sizes[level] + 1
+        step = max(1, min(out_h, _BLOCK_ELEMENTS // max(1, per_position * out_w)))
+        return [range(r, min(out_h, r + step)) for r in range(0, out_h, step)]
+
+    def _linear_kernel_flops(self, level: int) -> tuple[float, float]:
+        """Flops per pair of images and position of the linear kernel by column strips and by patches."""
+        channels, _, width = self.data_shape
+        size = self.patch_sizes[level]
+        out_w = width - size + 1
+        strips = 2 * width * (channels * size + out_w) / out_w
+        return strips, 2 * channels * size * size
+
+    def _strips_pay(self, level: int) -> bool:
+        strips, by_patches = self._linear_kernel_flops(level)
+        return strips < by_patches
+
+    def _dual_is_cheaper(self, level: int, samples: int) -> bool:
+        """Compare one position's M x M kernel route with its F x F Gram route."""
+        size, count = self.patch_sizes[level], self.num_features[level]
+        total = 1 + self.data_shape[0] * size * size + count
+        dual = samples**2 * (2 * count + min(self._linear_kernel_flops(level))) + _FACTOR_SLOWDOWN * samples**3 / 3
+        primal = 2 * samples * total**2 + _FACTOR_SLOWDOWN * total**3 / 3
+        return dual < primal
+
+    def training_inputs(self, x0: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """Noisy inputs and clean images the fit of ``level`` regresses on, each (M, C, H, W).
+
+        Row d * N + i is draw d of training image i, drawn from a generator seeded by
+        (seed, level), so a refit gives the same regression.
+        """
+        clean = x0.repeat(self.noise_draws, *([1] * (x0.dim() - 1)))
+        gen = generator(self.seed, _NOISE_STREAM, level, device=x0.device)
+        eps = torch.randn(clean.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        t = torch.full((clean.shape[0],), float(self.levels[level]), device=x0.device)
+        return add_noise(clean, t, eps), clean
+
+    def _fit(self, x0: Tensor) -> None:
+        if tuple(x0.shape[1:]) != self.data_shape:
+            raise UserError(
+                f"polynomial_patch was built for data of shape {self.data_shape} but is fitted on "
+                f"{tuple(x0.shape[1:])}; set the denoiser's data_shape to the dataset's shape"
+            )
+        x0 = x0.to(self.levels.device)
+        if not x0.is_floating_point():
+            x0 = x0.float()
+        for k in range(len(self.patch_sizes)):
+            self._fit_level(k, x0)
+
+    def _linear_kernel(self, level: int, a: Tensor, b: Tensor, rows: range) -> Tensor:
+        """z_i . z_j for the patches of a_i and b_j at position rows ``rows``: (Q_block, n_a, n_b)."""
+        size = self.patch_sizes[level]
+        if self._strips_pay(level):
+            return window_inner_products(a, b, size, rows)
+        return patches(a, size, rows) @ patches(b, size, rows).transpose(1, 2)
+
+    def _fit_level(self, level: int, x0: Tensor) -> None:
+        channels, height, width = self.data_shape
+        size, count = self.patch_sizes[level], self.num_features[level]
+        noisy, clean = self.training_inputs(x0, level)
+        samples = noisy.shape[0]
+        powered = patch_projections(noisy, self._filters(level, x0.dtype)).pow_(self.power)  # (Q, M, F_r)
+        targets = clean.permute(2, 3, 0, 1).reshape(height * width, samples, channels)
+        dim = channels * size * size
+        total = 1 + dim + count
+        pixels_total = height * width
+        bias = x0.new_empty(pixels_total, channels)
+        power_readout = x0.new_empty(pixels_total, count, channels)
+        dual = self._dual_is_cheaper(level, samples)
+        if dual:
+            coef = x0.new_empty(pixels_total, samples, channels)
+            per_position = samples * samples + (0 if self._strips_pay(level) else samples * dim)
+        else:
+            linear = x0.new_empty(pixels_total, dim, channels)
+            per_position = samples * total + total * total
+        out_w = width - size + 1
+        for rows in self._position_blocks(level, per_position):
+            feats = powered[rows.start * out_w : rows.stop * out_w]
+            if dual:
+                system = torch.baddbmm(self._linear_kernel(level, noisy, noisy, rows), feats, feats.transpose(1, 2))
+                system.add_(1.0)
+            else:
+                phi = torch.cat([feats.new_ones(feats.shape[0], samples, 1), patches(noisy, size, rows), feats], dim=2)
+                system = phi.transpose(1, 2) @ phi
+            factor = regularised_factor(system, self.ridge, total)
+            for positions, pixels in position_groups(height, width, size, rows):
+                groups, served = pixels.shape
+                # Each position's right-hand sides are the C targets of each pixel it serves.
+                rhs = targets[pixels].permute(0, 2, 1, 3).reshape(groups, samples, served * channels)
+                if not dual:
+                    rhs = phi[positions].transpose(1, 2) @ rhs
+                solution = torch.cholesky_solve(rhs.to(factor.dtype), factor[positions]).to(x0.dtype)
+                flat = pixels.reshape(-1)
+                if dual:
+                    power = feats[positions].transpose(1, 2) @ solution
+                    bias[flat] = solution.sum(dim=1).reshape(-1, channels)
+                    coef[flat] = _per_pixel(solution, served, channels)
+                    power_readout[flat] = _per_pixel(power, served, channels)
+                else:
+                    beta = _per_pixel(solution, served, channels)
+                    bias[flat] = beta[:, 0]
+                    linear[flat] = beta[:, 1 : 1 + dim]
+                    power_readout[flat] = beta[:, 1 + dim :]
+        empty = x0.new_zeros(0)
+        setattr(self, f"bias_{level}", bias)
+        setattr(self, f"power_readout_{level}", power_readout)
+        setattr(self, f"linear_readout_{level}", empty if dual else linear)
+        setattr(self, f"train_inputs_{level}", noisy if dual else empty)
+        setattr(self, f"dual_coef_{level}", coef if dual else empty)
+
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        if not bool(self.fitted):
+            raise UserError("the polynomial_patch denoiser is not fitted: fit it (denoiser.fit=closed_form) first")
+        idx = level_index(self.levels, t)
+        first = int(idx[0])
+        if bool((idx == first).all()):
+            return self._predict(first, y)
+        out = torch.empty_like(y)
+        for k in torch.unique(idx).tolist():
+            rows = (idx == k).nonzero(as_tuple=True)[0]
+            out[rows] = self._predict(k, y[rows])
+        return out
+
+    def _predict(self, level: int, y: Tensor) -> Tensor:
+        channels, height, width = self.data_shape
+        size = self.patch_sizes[level]
+        bias = self._state("bias", level)
+        batch = y.shape[0]
+        y = y.to(bias.dtype)
+        powered = patch_projections(y, self._filters(level, bias.dtype)).pow_(self.power)  # (Q, B, F_r)
+        dual = self.is_dual(level)
+        if dual:
+            train = self._state("train_inputs", level)
+            readout = self._state("dual_coef", level)
+        else:
+            readout = self._state("linear_readout", level)
+        power_readout = self._state("power_readout", level)
+        out = y.new_empty(height * width, batch, channels)
+        out_w = width - size + 1
+        for rows in self._position_blocks(level, batch * readout.shape[1]):
+            feats = powered[rows.start * out_w : rows.stop * out_w]
+            inputs = self._linear_kernel(level, y, train, rows) if dual else patches(y, size, rows)
+            for positions, pixels in position_groups(height, width, size, rows):
+                groups, served = pixels.shape
+                flat = pixels.reshape(-1)
+                pred = feats[positions] @ _per_position(power_readout[flat], groups, served)
+                pred += inputs[positions] @ _per_position(readout[flat], groups, served)
+                pred += bias[flat].reshape(groups, 1, served * channels)
+                out[flat] = pred.reshape(groups, batch, served, channels).transpose(1, 2).reshape(-1, batch, channels)
+        return out.reshape(height, width, batch, channels).permute(2, 3, 0, 1).to(y.dtype)
+
+
+def _per_pixel(solution: Tensor, served: int, channels: int) -> Tensor:
+    """(G, K, r C) readouts of G positions for their r pixels -> (G r, K, C), one per pixel."""
+    groups, size = solution.shape[:2]
+    return solution.reshape(groups, size, served, channels).transpose(1, 2).reshape(groups * served, size, channels)
+
+
+def _per_position(readout: Tensor, groups: int, served: int) -> Tensor:
+    """(G r, K, C) per-pixel readouts -> (G, K, r C), the inverse of :func:`_per_pixel`."""
+    size, channels = readout.shape[1:]
+    return readout.reshape(groups, served, size, channels).transpose(1, 2).reshape(groups, size, served * channels)
+
+
+def _check_arguments(
+    data_shape: tuple[int, ...],
+    grid: NoiseGrid,
+    patch_sizes: list[int],
+    num_features: list[int],
+    power: int,
+    noise_draws: int,
+    ridge: float,
+) -> None:
+    if len(data_shape) != 3 or min(data_shape) < 1:
+        raise UserError(
+            f"polynomial_patch needs images of shape (C, H, W), got data shape {tuple(data_shape)}; "
+            "use the polynomial family for vector data"
+        )
+    levels = len(grid)
+    for key, values in (("patch_sizes", patch_sizes), ("num_features", num_features)):
+        if len(values) != levels:
+            raise UserError(
+                f"denoiser.{key} has {len(values)} entries but the noise grid has {levels} levels; "
+                f"give one per level (highest noise first) or leave it null for the paper's schedule"
+            )
+    largest = min(data_shape[1:])
+    bad_sizes = [p for p in patch_sizes if int(p) != p or not 1 <= p <= largest]
+    if bad_sizes:
+        raise UserError(
+            f"denoiser.patch_sizes has {bad_sizes}: every patch size must be an integer from 1 to {largest}, "
+            f"the smaller side of images of shape {tuple(data_shape)}"
+        )
+    bad_counts = [f for f in num_features if int(f) != f or f < 1]
+    if bad_counts:
+        raise UserError(f"denoiser.num_features has {bad_counts}: every feature count must be an integer >= 1")
+    if int(power) != power or power < 1:
+        raise UserError(f"denoiser.power={power} must be an integer >= 1")
+    if int(noise_draws) != noise_draws or noise_draws < 1:
+        raise UserError(f"denoiser.noise_draws={noise_draws} must be an integer >= 1")
+    if not ridge > 0:
+        raise UserError(
+            f"denoiser.ridge={ridge} must be > 0: a position has fewer training patches than features, "
+            "so its unpenalised regression is singular"
+        )
+
+
+def build(
+    data_shape: tuple[int, ...],
+    grid: NoiseGrid,
+    power: int = 2,
+    patch_sizes: list[int] | None = None,
+    num_features: list[int] | None = None,
+    noise_draws: int = 1,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    **unused: object,
+) -> nn.Module:
+    """The paper's local polynomial denoiser, fitted in closed form, one regression per level.
+
+    ``patch_sizes`` and ``num_features`` list one entry per level from the highest noise level
+    down, as in the paper; left out, they follow :func:`paper_schedule` for the image size.
+    """
+    conditioning = unused.get("conditioning", "per_level")
+    if conditioning != "per_level":
+        raise UserError(
+            f"denoiser.conditioning={conditioning!r} is not available for polynomial_patch: it fits one "
+            "regression per level by construction; use per_level"
+        )
+    fit = unused.get("fit", "closed_form")
+    if fit != "closed_form":
+        raise UserError(f"denoiser.fit={fit!r} is not available for polynomial_patch; it is fitted in closed form only")
+    if len(data_shape) != 3:
+        raise UserError(f"polynomial_patch needs images of shape (C, H, W), got data shape {tuple(data_shape)}")
+    default_sizes, default_counts = paper_schedule(min(data_shape[1:]), len(grid))
+    sizes = list(default_sizes if patch_sizes is None else patch_sizes)
+    counts = list(default_counts if num_features is None else num_features)
+    return PolynomialPatchDenoiser(
+        data_shape,
+        grid,
+        patch_sizes=sizes[::-1],
+        num_features=counts[::-1],
+        power=power,
+        noise_draws=noise_draws,
+        ridge=ridge,
+        seed=seed,
+    )
