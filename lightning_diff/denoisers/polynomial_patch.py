@@ -15,8 +15,8 @@ whole patch. Here, with the same estimator:
 
 - one factorisation per distinct patch position ((H - P + 1) x (W - P + 1) of them, one when
   P = H) serves every pixel whose patch sits there, and each pixel's readout is solved for its
-  own C outputs only: positions are grouped by how many pixels they serve (centre, edge and
-  corner positions), so each group is one batched solve;
+  own C outputs only: one batched solve gives every position's centre pixel, and a few more
+  the other pixels of the border positions, grouped by where they sit;
 - W z for all positions is a valid cross-correlation of the image with the F_r projection
   filters: ``conv2d`` when there are few positions, otherwise a DFT along the columns with the
   sums along the rows as complex matrix products, and the inverse DFT evaluated only at the
@@ -52,8 +52,10 @@ PAPER_NUM_FEATURES = (1024, 1024, 512, 256, 128, 128, 64, 32, 16, 8)
 
 _PROJECTION_STREAM = 1
 _NOISE_STREAM = 2
-# Largest intermediate tensor (elements) of a block of positions or a DFT chunk: 256 MB in float32.
-_BLOCK_ELEMENTS = 1 << 26
+# Largest intermediate tensor (elements) of a block of positions or a DFT chunk: 32 MB in float32.
+# Larger blocks run slower: glibc serves allocations above 32 MB by fresh mmaps, whose page
+# faults cost as much system time as the arithmetic (measured: 6.5 s vs 2.3 s of 16 s).
+_BLOCK_ELEMENTS = 1 << 23
 # Per flop, the DFT route runs about 3x slower than conv2d (measured on a 2-core EPYC: its
 # permutes and small inverse products are memory-bound, conv2d runs near the matmul peak).
 _SPECTRAL_SLOWDOWN = 3.0
@@ -207,36 +209,50 @@ def window_inner_products(a: Tensor, b: Tensor, patch_size: int, rows: range) ->
     return summed.reshape(count * out_w, a.shape[0], b.shape[0])
 
 
-def _axis_owners(extent: int, patch_size: int) -> tuple[Tensor, Tensor]:
-    """Per patch position along an axis: how many pixels it serves and the first of them.
+def _axis_runs(extent: int, patch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per patch position along an axis: how many pixels it serves, the first of them, and
+    where its centre pixel is among them. Starts are non-decreasing in the pixel, so each
+    position serves a run of pixels, and position a is the patch of its centre a + P // 2."""
+    positions = extent - patch_size + 1
+    counts = torch.bincount(patch_starts(extent, patch_size), minlength=positions)
+    first = torch.cumsum(counts, 0) - counts
+    return counts, first, torch.arange(positions) + patch_size // 2 - first
 
-    Start positions are non-decreasing in the pixel, so each position serves a run of pixels.
-    """
-    counts = torch.bincount(patch_starts(extent, patch_size), minlength=extent - patch_size + 1)
-    return counts, torch.cumsum(counts, 0) - counts
 
+def position_groups(height: int, width: int, patch_size: int, rows: range) -> list[tuple[Tensor | None, Tensor]]:
+    """The pixels the patch positions in position rows ``rows`` serve, in batches of equal size.
 
-def position_groups(height: int, width: int, patch_size: int, rows: range) -> list[tuple[Tensor, Tensor]]:
-    """Patch positions in position rows ``rows``, grouped by how many pixels each serves.
-
-    Returns (positions, pixels) per group: ``positions`` (G,) indexes the block's positions in
+    Returns (positions, pixels) pairs: ``positions`` (G,) indexes the block's positions in
     row-major order and ``pixels`` (G, r) the r pixels (row-major over the image) each serves.
+    The first pair is every position with its centre pixel (``positions`` None: all, in order,
+    so nothing needs gathering); the rest are the border positions with their other pixels,
+    grouped so that the pixels sit alike around each position.
     """
-    counts_x, first_x = _axis_owners(height, patch_size)
-    counts_y, first_y = _axis_owners(width, patch_size)
+    counts_x, first_x, centre_x = _axis_runs(height, patch_size)
+    counts_y, first_y, centre_y = _axis_runs(width, patch_size)
     out_w = width - patch_size + 1
     block_x = torch.arange(rows.start, rows.stop)
-    groups = []
-    for cx in torch.unique(counts_x[block_x]).tolist():
-        a = block_x[counts_x[block_x] == cx]
-        for cy in torch.unique(counts_y).tolist():
-            b = (counts_y == cy).nonzero(as_tuple=True)[0]
+    centres = (block_x + patch_size // 2)[:, None] * width + torch.arange(out_w) + patch_size // 2
+    groups: list[tuple[Tensor | None, Tensor]] = [(None, centres.reshape(-1, 1))]
+    kinds_x = torch.stack([counts_x[block_x], centre_x[block_x]], dim=1)
+    kinds_y = torch.stack([counts_y, centre_y], dim=1)
+    for cx, ox in torch.unique(kinds_x, dim=0).tolist():
+        a = block_x[(kinds_x == torch.tensor([cx, ox])).all(dim=1)]
+        for cy, oy in torch.unique(kinds_y, dim=0).tolist():
+            if cx * cy == 1:
+                continue
+            b = (kinds_y == torch.tensor([cy, oy])).all(dim=1).nonzero(as_tuple=True)[0]
             positions = ((a - rows.start)[:, None] * out_w + b[None, :]).reshape(-1)
             pixel_rows = first_x[a][:, None] + torch.arange(cx)  # (A, cx)
             pixel_cols = first_y[b][:, None] + torch.arange(cy)  # (B, cy)
-            pixels = pixel_rows[:, None, :, None] * width + pixel_cols[None, :, None, :]
-            groups.append((positions, pixels.reshape(len(a) * len(b), cx * cy)))
+            pixels = (pixel_rows[:, None, :, None] * width + pixel_cols[None, :, None, :]).reshape(-1, cx * cy)
+            others = [k for k in range(cx * cy) if k != ox * cy + oy]
+            groups.append((positions, pixels[:, others]))
     return groups
+
+
+def _take(values: Tensor, positions: Tensor | None) -> Tensor:
+    return values if positions is None else values[positions]
 
 
 def regularised_factor(matrix: Tensor, ridge: float, num_features: int) -> Tensor:
@@ -411,11 +427,11 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
                 # Each position's right-hand sides are the C targets of each pixel it serves.
                 rhs = targets[pixels].permute(0, 2, 1, 3).reshape(groups, samples, served * channels)
                 if not dual:
-                    rhs = phi[positions].transpose(1, 2) @ rhs
-                solution = torch.cholesky_solve(rhs.to(factor.dtype), factor[positions]).to(x0.dtype)
+                    rhs = _take(phi, positions).transpose(1, 2) @ rhs
+                solution = torch.cholesky_solve(rhs.to(factor.dtype), _take(factor, positions)).to(x0.dtype)
                 flat = pixels.reshape(-1)
                 if dual:
-                    power = feats[positions].transpose(1, 2) @ solution
+                    power = _take(feats, positions).transpose(1, 2) @ solution
                     bias[flat] = solution.sum(dim=1).reshape(-1, channels)
                     coef[flat] = _per_pixel(solution, served, channels)
                     power_readout[flat] = _per_pixel(power, served, channels)
@@ -466,8 +482,8 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
             for positions, pixels in position_groups(height, width, size, rows):
                 groups, served = pixels.shape
                 flat = pixels.reshape(-1)
-                pred = feats[positions] @ _per_position(power_readout[flat], groups, served)
-                pred += inputs[positions] @ _per_position(readout[flat], groups, served)
+                pred = _take(feats, positions) @ _per_position(power_readout[flat], groups, served)
+                pred += _take(inputs, positions) @ _per_position(readout[flat], groups, served)
                 pred += bias[flat].reshape(groups, 1, served * channels)
                 out[flat] = pred.reshape(groups, batch, served, channels).transpose(1, 2).reshape(-1, batch, channels)
         return out.reshape(height, width, batch, channels).permute(2, 3, 0, 1).to(y.dtype)
