@@ -6,8 +6,8 @@ are the cartesian product of those values and of any extra overrides, expanded b
 own basic sweeper in the order a multirun numbers its jobs, so array task i runs exactly
 what ``python -m lightning_diff.train -m`` would run as job i::
 
-    python -m lightning_diff.sweep count sweeps/unet_ablation.yaml             # 16
-    python -m lightning_diff.sweep overrides sweeps/unet_ablation.yaml 3       # overrides of run 3, one a line
+    python -m lightning_diff.sweep count sweeps/paper_unet.yaml                # 23
+    python -m lightning_diff.sweep overrides sweeps/paper_unet.yaml 3          # overrides of run 3, one a line
 """
 
 import argparse

@@ -12,7 +12,6 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-import wandb
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
@@ -86,8 +85,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ema = EMA(float(cfg.callbacks.ema.decay)) if trainable and cfg.callbacks.ema.enabled else None
     if ema is not None:
         callbacks.append(ema)
+    measure = None
     if cfg.callbacks.get("measure") is not None and cfg.callbacks.measure.enabled:
-        callbacks.append(Measure.from_config(cfg, datamodule, ema))
+        measure = Measure.from_config(cfg, datamodule, ema)
+        callbacks.append(measure)
     requeue_callbacks, requeue_plugins = slurm_requeue(ckpt)  # under SLURM: checkpoint + requeue on SIGUSR1
     callbacks += requeue_callbacks
     logger = _logger(cfg, run_dir)
@@ -117,12 +118,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "world_size": int(trainer.world_size),
             "wall_time_s": time.time() - started,
         }
+        if measure is not None and measure.history:
+            summary["measure"] = measure.history[-1]  # the final measurement: memorized fraction, d1, fid@<n>
         if trainer.is_global_zero:
             summary.update(_write_samples(cfg, module, ema, run_dir))
             if cfg.get("theory") is not None:
                 summary["theory"] = _check_theory(cfg, module, ema, datamodule, summary, run_dir, logger)
             if logger:
                 summary["wandb_dir"] = str(Path(logger.experiment.dir).parent)
+                # So a report read from W&B (python -m lightning_diff.report wandb_group=...) has what run.json has.
+                logger.log_hyperparams(run_info["config"])
+                logger.experiment.summary.update(
+                    {"num_parameters": summary["num_parameters"], "wall_time_s": summary["wall_time_s"]}
+                )
             write_json_atomic(run_dir / "run.json", summary)
             print(f"run directory: {run_dir}\nrun summary:   {run_dir / 'run.json'}\ncheckpoint:    {ckpt}")
             if "samples" in summary:
@@ -133,6 +141,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return summary
     finally:
         if logger:
+            import wandb  # only with a logger: a run with logger=none needs no wandb installed
+
             wandb.finish(exit_code=exit_code)
 
 
@@ -172,6 +182,8 @@ def _check_theory(
     if logger:
         logger.log_metrics({f"theory/{key}": value for key, value in result.items() if isinstance(value, (int, float))})
         if "figure" in result:
+            import wandb
+
             logger.experiment.log({"theory/figure": wandb.Image(result["figure"])})
     return result
 

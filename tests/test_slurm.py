@@ -24,8 +24,6 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, require_system
 from lightning_diff.cli import CONF_DIR
-from lightning_diff.denoisers import unet
-from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.errors import UserError
 from lightning_diff.sweep import expand, run_overrides
 from slurm_cluster import LocalSlurm, missing_parts
@@ -45,11 +43,6 @@ TINY = [
     "num_samples=16",
     # The measurement callback has its own DDP test (test_ddp.py); here it would only cost time.
     "++callbacks.measure.enabled=false",
-]
-ABLATION_VARIANTS = [
-    "paper", "no_skip", "bias_free_norm", "no_norm", "group_norm", "circular_padding", "reflect_padding",
-    "levels_2", "levels_4", "width_16", "width_64", "max_pool", "nearest_conv_upsample", "attention", "blind",
-    "conditioned",
 ]
 
 
@@ -126,17 +119,17 @@ def test_train_template_dry_run_prints_the_srun_command_and_runs_nothing(tmp_pat
     assert not (tmp_path / "srun-ran").exists()
 
 
-def test_ablation_array_and_wandb_agent_templates_render_their_commands(tmp_path):
+def test_sweep_array_and_wandb_agent_templates_render_their_commands(tmp_path):
     env = job_env(tmp_path) | {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_JOB_ID": "77"}
-    argv = dry_run("ablation_array.sbatch", "sweeps/unet_ablation.yaml", "trainer.max_steps=5", env=env)
+    argv = dry_run("sweep_array.sbatch", "sweeps/paper_unet.yaml", "trainer.max_steps=5", env=env)
     assert argv[:5] == ["srun", "--kill-on-bad-exit=1", venv_python(), "-m", "lightning_diff.train"]
     assert argv[5:] == [
-        "--config-dir", str(SWEEPS), "--config-name", "unet_ablation",
-        "ablation=width_16", "trainer.max_steps=5", "logger.group=unet_ablation-77",
+        "--config-dir", str(SWEEPS), "--config-name", "paper_unet",
+        "experiment=paper/unet/width_16", "trainer.max_steps=5", "logger.group=paper_unet-77",
         "trainer.strategy=ddp", "trainer.num_nodes=1", "trainer.devices=1",
-        f"hydra.run.dir={tmp_path}/runs/slurm/unet_ablation-77/9",
+        f"hydra.run.dir={tmp_path}/runs/slurm/paper_unet-77/9",
     ]
-    assert run_overrides(SWEEPS / "unet_ablation.yaml", 9) == ["ablation=width_16"]
+    assert run_overrides(SWEEPS / "paper_unet.yaml", 9) == ["experiment=paper/unet/width_16"]
 
     agent = dry_run("wandb_agent.sbatch", "me/lightning_diff/abc123", "3", env=job_env(tmp_path))
     assert Path(agent[0]).name == "wandb" and agent[1:] == ["agent", "--count", "3", "me/lightning_diff/abc123"]
@@ -144,7 +137,7 @@ def test_ablation_array_and_wandb_agent_templates_render_their_commands(tmp_path
 
 def test_templates_name_what_is_missing(tmp_path):
     outside = subprocess.run(
-        ["bash", str(SLURM_DIR / "ablation_array.sbatch"), "sweeps/unet_ablation.yaml"],
+        ["bash", str(SLURM_DIR / "sweep_array.sbatch"), "sweeps/paper_unet.yaml"],
         env={**os.environ, **job_env(tmp_path)},
         capture_output=True, text=True, timeout=60,
     )
@@ -160,48 +153,7 @@ def test_templates_name_what_is_missing(tmp_path):
 # ---------------------------------------------------------------- sweeps and launcher configs
 
 
-def test_unet_ablation_sweep_is_the_papers_grid_and_every_variant_builds(one_thread):
-    runs = expand(SWEEPS / "unet_ablation.yaml")
-    assert runs == [[f"ablation={name}"] for name in ABLATION_VARIANTS]
-    wandb_sweep = yaml.safe_load((SWEEPS / "unet_ablation.wandb.yaml").read_text())
-    assert wandb_sweep["method"] == "grid"
-    assert wandb_sweep["parameters"] == {"ablation": {"values": ABLATION_VARIANTS}}
-
-    paper = _sweep_config("unet_ablation", "ablation=paper").denoiser
-    defaults = OmegaConf.load(Path(CONF_DIR) / "denoiser" / "unet.yaml")
-    assert OmegaConf.to_container(paper) == OmegaConf.to_container(defaults)
-    changed = {}
-    grid = make_grid(2)
-    for name in ABLATION_VARIANTS:
-        knobs = OmegaConf.to_container(_sweep_config("unet_ablation", f"ablation={name}").denoiser)
-        changed[name] = {key: value for key, value in knobs.items() if value != paper[key]}
-        spec = {key: value for key, value in knobs.items() if not key.startswith("_")}
-        spec["base_channels"] //= 4  # a quarter of every width keeps this fast; the knobs are what is checked
-        network = unet.build(data_shape=(1, 32, 32), grid=grid, **spec).eval()
-        y = torch.randn(1, 1, 32, 32)
-        with torch.no_grad():
-            assert network(y, grid.levels[-1:]).shape == y.shape, name
-    assert changed == {
-        "paper": {},
-        "no_skip": {"skip": "none"},
-        "bias_free_norm": {"norm": "bias_free_batch"},
-        "no_norm": {"norm": "none"},
-        "group_norm": {"norm": "group"},
-        "circular_padding": {"padding_mode": "circular"},
-        "reflect_padding": {"padding_mode": "reflect"},
-        "levels_2": {"num_blocks": 2},
-        "levels_4": {"num_blocks": 4},
-        "width_16": {"base_channels": 16},
-        "width_64": {"base_channels": 64},
-        "max_pool": {"downsample": "max"},
-        "nearest_conv_upsample": {"upsample": "nearest_conv"},
-        "attention": {"attention": True},
-        "blind": {"conditioning": "blind"},
-        "conditioned": {"conditioning": "conditioned"},
-    }
-
-
-@pytest.mark.parametrize(("name", "swept"), [("unet_ablation", "ablation"), ("dataset_size", "data.num_train")])
+@pytest.mark.parametrize(("name", "swept"), [("paper_unet", "experiment"), ("dataset_size", "data.num_train")])
 def test_wandb_sweeps_run_the_same_configs_as_the_hydra_sweeps(name, swept, monkeypatch):
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
     monkeypatch.setenv("WANDB_RUN_ID", "run1")
@@ -251,8 +203,8 @@ def test_sweep_file_mistakes_are_named(tmp_path):
     (tmp_path / "broken.yaml").write_text("hydra: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         expand(tmp_path / "broken.yaml")
-    with pytest.raises(UserError, match="has 16 runs, numbered 0..15"):
-        run_overrides(SWEEPS / "unet_ablation.yaml", 16)
+    with pytest.raises(UserError, match="has 23 runs, numbered 0..22"):
+        run_overrides(SWEEPS / "paper_unet.yaml", 23)
     assert len(expand(SWEEPS / "dataset_size.yaml", ["data.split=half_a,half_b"])) == 8
 
 
@@ -370,7 +322,7 @@ def test_a_requeued_job_resumes_its_checkpoint_run_directory_and_wandb_run(clust
 
 
 @pytest.mark.slow
-def test_ablation_array_runs_each_variant_as_a_task_in_one_wandb_group(cluster, tmp_path):
+def test_sweep_array_runs_each_variant_as_a_task_in_one_wandb_group(cluster, tmp_path):
     sweep = tmp_path / "tiny_sweep.yaml"
     sweep.write_text(
         "defaults:\n  - train\n  - _self_\n  - override /data: toy2d\n  - override /denoiser: bottleneck\n"
@@ -379,7 +331,7 @@ def test_ablation_array_runs_each_variant_as_a_task_in_one_wandb_group(cluster, 
     )
     job = cluster.sbatch(
         "--array=0-2", "--ntasks-per-node=1", "--cpus-per-task=1", f"--output={tmp_path}/slurm-%A_%a.out",
-        str(SLURM_DIR / "ablation_array.sbatch"), str(sweep), *TINY, cwd=tmp_path, env=job_env(tmp_path),
+        str(SLURM_DIR / "sweep_array.sbatch"), str(sweep), *TINY, cwd=tmp_path, env=job_env(tmp_path),
     )
     tasks = cluster.wait(job, timeout=300, tasks=3)
     logs = "\n".join(log_of(path) for path in tmp_path.glob("slurm-*.out"))

@@ -44,3 +44,37 @@ def nearest_grid(samples: Tensor, nearest: Tensor, distances: Tensor, pairs_per_
         tiles.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255)
     grid = make_grid(torch.stack(tiles), nrow=pairs_per_row, padding=6, pad_value=1.0)
     return _to_uint8(grid)
+
+
+# The study figure (python -m lightning_diff.report): a strip of row labels, then the pairs.
+LABEL_WIDTH = 180
+PAIR_PADDING = 1
+PADDING = 6
+
+
+def display_side(side: int) -> int:
+    """The side, in pixels, an image of ``side`` pixels is drawn at."""
+    return side * max(1, DISPLAY_SIDE // side)
+
+
+def study_grid(labels: list[str], samples: list[Tensor], nearest: list[Tensor]) -> np.ndarray:
+    """One row per run, labelled on the left: its samples (C, ch, H, W) in [-1, 1] from the same
+    seeds in every row, each beside its nearest training image in a grey frame.
+
+    Size: height R (D + 2 PAIR_PADDING + PADDING) + PADDING, width LABEL_WIDTH +
+    C (2 D + 3 PAIR_PADDING + PADDING) + PADDING, with D = :func:`display_side` of the images.
+    """
+    pairs = []
+    for row_samples, row_nearest in zip(samples, nearest):
+        for sample, neighbour in zip(_display(row_samples), _display(row_nearest)):
+            pairs.append(make_grid(torch.stack([sample, neighbour]), nrow=2, padding=PAIR_PADDING, pad_value=0.5))
+    columns = samples[0].shape[0]
+    grid = Image.fromarray(_to_uint8(make_grid(torch.stack(pairs), nrow=columns, padding=PADDING, pad_value=1.0)))
+    canvas = Image.new("RGB", (LABEL_WIDTH + grid.width, grid.height), "white")
+    canvas.paste(grid, (LABEL_WIDTH, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    row_height = pairs[0].shape[1] + PADDING
+    for row, label in enumerate(labels):
+        draw.multiline_text((4, PADDING + row * row_height + 2), label, fill="black", font=font)
+    return np.array(canvas)

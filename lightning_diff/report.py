@@ -1,0 +1,241 @@
+"""``python -m lightning_diff.report sweep=DIR`` (or ``wandb_group=GROUP``): the study's answer as
+one table and one figure.
+
+For every run of a sweep (see :mod:`lightning_diff.study`) the table gives its name and data
+half, parameter count, final validation loss (mean and per level, lowest noise first), the
+memorized fraction (d1 / d2 < 1/3) and median d1 of its final measurement, FID where measured
+(``fid@<n>``: n samples), the two-model agreement where both halves of the variant were run
+(``data.split=half_a`` and ``half_b``; cosine similarity of same-seed samples), and wall time.
+It is written as ``report.md`` and ``report.csv``. The figure ``report.png`` has one row per
+run and one column per sample seed, the same seeds in every row, each sample beside its
+nearest training image (in the run's own training set).
+"""
+
+import csv
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from lightning_diff.callbacks.figures import study_grid
+from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.compose import build
+from lightning_diff.errors import UserError
+from lightning_diff.metrics.agreement import TwoModelAgreement
+from lightning_diff.metrics.nearest import nearest_two
+from lightning_diff.study import Run, halves, runs_in_directory, runs_in_wandb_group
+
+FIXED_COLUMNS = (
+    "variant",
+    "split",
+    "num_parameters",
+    "val_loss",
+    "val_loss_per_level",
+    "memorized_fraction",
+    "d1_median",
+)
+TRAILING_COLUMNS = ("agreement", "wall_time_s", "run")
+HEADINGS = {
+    "variant": "variant",
+    "split": "data",
+    "num_parameters": "parameters",
+    "val_loss": "val loss",
+    "val_loss_per_level": "val loss per level (low t first)",
+    "memorized_fraction": "memorized",
+    "d1_median": "median d1",
+    "agreement": "agreement",
+    "wall_time_s": "wall time (s)",
+    "run": "run",
+}
+LABEL_CHARACTERS = 28  # a row label's line length in the figure's label strip
+
+
+def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """The samples and their per-sample seeds from a run's samples.npz."""
+    with np.load(path) as archive:
+        return torch.from_numpy(np.asarray(archive["samples"], dtype=np.float32)), archive["seeds"]
+
+
+def agreements(runs: list[Run]) -> dict[int, float]:
+    """Two-model agreement (mean cosine) of each run that has its other half, by ``id(run)``."""
+    values = {}
+    for a, b in halves(runs):
+        if a.samples is None or b.samples is None:
+            continue
+        samples_a, seeds_a = load_samples(a.samples)
+        samples_b, seeds_b = load_samples(b.samples)
+        if not np.array_equal(seeds_a, seeds_b):
+            raise UserError(
+                f"the halves of {a.name} ({a.location}, {b.location}) were sampled from different seeds; the "
+                "agreement compares samples from the same noise: give both runs the same seed and num_samples"
+            )
+        metric = TwoModelAgreement()
+        metric.update(samples_a, samples_b)
+        values[id(a)] = values[id(b)] = float(metric.compute()["agreement_cosine_mean"])
+    return values
+
+
+def fid_columns(runs: list[Run]) -> list[str]:
+    """The FID keys any run measured (``fid@64``, ``fd_<model>@1k``, ...), sorted."""
+    return sorted({key for run in runs for key in run.measure if key.startswith(("fid@", "fd_"))})
+
+
+def rows(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The table's columns and one row of raw values per run (None where a value is missing)."""
+    fids = fid_columns(runs)
+    agreement = agreements(runs)
+    table = []
+    for run in runs:
+        row = {
+            "variant": run.name,
+            "split": run.split,
+            "num_parameters": run.num_parameters,
+            "val_loss": run.val_loss,
+            "val_loss_per_level": run.val_losses or None,
+            "memorized_fraction": run.measure.get("memorized_fraction"),
+            "d1_median": run.measure.get("d1_median"),
+        }
+        row.update({key: run.measure.get(key) for key in fids})
+        row.update({"agreement": agreement.get(id(run)), "wall_time_s": run.wall_time_s, "run": run.location})
+        table.append(row)
+    return [*FIXED_COLUMNS, *fids, *TRAILING_COLUMNS], table
+
+
+def _markdown_cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column == "num_parameters":
+        return f"{int(value):,}"
+    if column == "val_loss_per_level":
+        return " ".join(f"{level:.3g}" for level in value)
+    if column == "wall_time_s":
+        return f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def write_markdown(path: Path, columns: list[str], table: list[dict[str, Any]]) -> str:
+    """The table as Markdown (4 significant digits); returns the text."""
+    lines = [
+        "| " + " | ".join(HEADINGS.get(column, column) for column in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_markdown_cell(column, row[column]) for column in columns) + " |" for row in table]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def write_csv(path: Path, columns: list[str], table: list[dict[str, Any]]) -> None:
+    """The table as CSV with full-precision values; the per-level losses space-separated in one cell."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in table:
+            cells = []
+            for column in columns:
+                value = row[column]
+                if value is None:
+                    cells.append("")
+                elif column == "val_loss_per_level":
+                    cells.append(" ".join(repr(level) for level in value))
+                else:
+                    cells.append(repr(value) if isinstance(value, float) else str(value))
+            writer.writerow(cells)
+
+
+def figure(path: Path, runs: list[Run], columns: int) -> Path | None:
+    """The sample | nearest-training-image grid of every run with image samples; None when no run has any."""
+    shown = []
+    for run in runs:
+        if run.samples is None:
+            print(f"figure: {run.name} ({run.location}) left out: no samples.npz on this machine", file=sys.stderr)
+            continue
+        samples, seeds = load_samples(run.samples)
+        if samples.dim() != 4:
+            print(f"figure: {run.name} left out: its samples are not images", file=sys.stderr)
+            continue
+        shown.append((run, samples, seeds))
+    if not shown:
+        return None
+    count = min(columns, *(samples.shape[0] for _, samples, _ in shown))
+    reference_run, _, reference_seeds = shown[0]
+    wanted = reference_seeds[:count]
+    train_sets: dict[str, torch.Tensor] = {}
+    labels, picked, nearest = [], [], []
+    for run, samples, seeds in shown:
+        position = {int(seed): i for i, seed in enumerate(seeds)}
+        if any(int(seed) not in position for seed in wanted):
+            raise UserError(
+                f"{run.name} ({run.location}) was not sampled from the seeds of {reference_run.name} "
+                f"({reference_run.location}); the figure shows samples from the same noise in every row: give all "
+                "runs the same seed, or report only the table with figure=false"
+            )
+        row = samples[[position[int(seed)] for seed in wanted]]
+        if picked and row.shape[1:] != picked[0].shape[1:]:
+            raise UserError(
+                f"{run.name} ({run.location}) made images of shape {tuple(row.shape[1:])}, {shown[0][0].name} of "
+                f"{tuple(picked[0].shape[1:])}; the figure needs one image size: report them from separate sweep "
+                "directories, or only the table with figure=false"
+            )
+        data_config = run.config.get("data") or {}
+        key = json.dumps(data_config, sort_keys=True, default=str)
+        if key not in train_sets:
+            try:
+                train_sets[key] = build(data_config, "data").train_data
+            except UserError as err:
+                raise UserError(
+                    f"the figure pairs each sample of {run.name} with its nearest image in the run's training set, "
+                    f"which could not be loaded here ({err}); run the report where the data are, or figure=false"
+                ) from err
+        train = train_sets[key]
+        _, index = nearest_two(row, train)
+        labels.append(textwrap.fill(f"{run.name} ({run.split})", LABEL_CHARACTERS))
+        picked.append(row)
+        nearest.append(train[index[:, 0]])
+    Image.fromarray(study_grid(labels, picked, nearest)).save(path)
+    return path
+
+
+def report(cfg: DictConfig) -> dict[str, Any]:
+    """Write report.md, report.csv and report.png for the runs ``cfg`` names; returns their paths and rows."""
+    if (cfg.get("sweep") is None) == (cfg.get("wandb_group") is None):
+        raise UserError("give exactly one of sweep=<sweep directory> or wandb_group=<W&B group>")
+    if int(cfg.columns) < 1:
+        raise UserError(f"columns={cfg.columns} must be at least 1 (samples per run in the figure)")
+    if cfg.get("sweep") is not None:
+        sweep = Path(str(cfg.sweep)).expanduser().resolve()
+        runs = runs_in_directory(sweep)
+        out = Path(str(cfg.out)).expanduser() if cfg.get("out") else sweep
+    else:
+        runs = runs_in_wandb_group(str(cfg.wandb_project), str(cfg.wandb_group))
+        out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(f"report-{cfg.wandb_group}")
+    out.mkdir(parents=True, exist_ok=True)
+    columns, table = rows(runs)
+    markdown = write_markdown(out / "report.md", columns, table)
+    write_csv(out / "report.csv", columns, table)
+    picture = figure(out / "report.png", runs, int(cfg.columns)) if cfg.figure else None
+    print(markdown)
+    print(f"table:  {out / 'report.md'}\n        {out / 'report.csv'}")
+    if picture is not None:
+        print(f"figure: {picture}")
+    elif cfg.figure:
+        print("figure: none (no run has image samples on this machine)")
+    return {"markdown": out / "report.md", "csv": out / "report.csv", "figure": picture, "rows": table}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(lambda: report(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The finished runs of a study, read back for comparison: one :class:`Run` per training run.
+
+Runs come from a sweep directory (a Hydra multirun directory, a SLURM array's group directory,
+or any folder: every ``run.json`` below it is one run, see :mod:`lightning_diff.rundir`) or
+from a W&B group through ``wandb.Api`` (network needed; the samples are used where the run
+directory is on this machine). A run is named by its ``variant`` (the presets in
+``conf/experiment/paper/unet/`` set it) or else by the Hydra overrides that set it apart from
+the other runs; ``data.split`` is kept apart, so the two halves of a variant pair up.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_diff.errors import UserError
+
+LEVEL_KEY = re.compile(r"^val/loss_level_(\d+)$")
+MEASURE_PREFIX = "measure/"
+HALVES = ("half_a", "half_b")
+
+
+@dataclass
+class Run:
+    """What the report shows of one run."""
+
+    name: str
+    split: str
+    config: dict[str, Any]
+    location: str  # the run directory, or the W&B run path
+    num_parameters: int | None = None
+    val_loss: float | None = None  # the mean of the per-level losses (val/loss)
+    val_losses: list[float] = field(default_factory=list)  # per level, lowest noise level first
+    measure: dict[str, float] = field(default_factory=dict)  # the final measurement (memorized_fraction, ...)
+    wall_time_s: float | None = None
+    samples: Path | None = None  # samples.npz, when it is on this machine
+    overrides: list[str] = field(default_factory=list)
+
+    def pair_key(self) -> str:
+        """Runs that differ only in their half of the data share this key."""
+        data = {key: value for key, value in (self.config.get("data") or {}).items() if key != "split"}
+        return json.dumps([self.name, self.config.get("seed"), data], sort_keys=True, default=str)
+
+
+def _natural(path: Path) -> list[Any]:
+    """Sort key putting run 2 before run 10 (Hydra numbers multirun jobs 0, 1, ...)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _levels(metrics: dict[str, Any]) -> list[float]:
+    found = {int(m.group(1)): float(value) for key, value in metrics.items() if (m := LEVEL_KEY.match(key))}
+    return [found[k] for k in sorted(found)]
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _name(runs: list[Run], fallback: dict[int, str]) -> None:
+    """Name runs without a ``variant`` by the overrides no other run shares (data.split aside)."""
+    common = set.intersection(*(set(run.overrides) for run in runs)) if runs else set()
+    for i, run in enumerate(runs):
+        if run.name:
+            continue
+        own = [item for item in run.overrides if item not in common and not item.startswith("data.split=")]
+        run.name = " ".join(own) or fallback[i]
+
+
+def read_run_dir(run_dir: Path) -> Run:
+    """The run whose ``run.json`` is in ``run_dir``."""
+    path = run_dir / "run.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"{path} is not a readable run summary ({err}); rerun that run or remove its directory"
+        ) from err
+    config = summary.get("config") or {}
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    # Looked up beside run.json rather than at the recorded path, so a sweep directory copied off a cluster works.
+    samples = run_dir / Path(summary["samples"]).name if summary.get("samples") else None
+    metrics = summary.get("metrics") or {}
+    return Run(
+        name=config.get("variant") or "",
+        split=(config.get("data") or {}).get("split") or "full",
+        config=config,
+        location=str(run_dir),
+        num_parameters=summary.get("num_parameters"),
+        val_loss=_optional_float(metrics.get("val/loss")),
+        val_losses=_levels(metrics),
+        measure={key: float(value) for key, value in (summary.get("measure") or {}).items()},
+        wall_time_s=_optional_float(summary.get("wall_time_s")),
+        samples=samples if samples is not None and samples.is_file() else None,
+        overrides=[str(item) for item in overrides or []],
+    )
+
+
+def runs_in_directory(root: Path) -> list[Run]:
+    """Every finished run below ``root`` (each directory holding a ``run.json``), in sweep order."""
+    expected = (
+        "a sweep directory holds one run directory per variant, each with the run.json that "
+        "python -m lightning_diff.train writes when a run finishes (e.g. runs/multirun/<date>/<time> after "
+        "`python -m lightning_diff.train -m --config-dir sweeps --config-name paper_unet`)"
+    )
+    if not root.is_dir():
+        raise UserError(f"sweep={root}: no such directory; {expected}")
+    found = sorted((path.parent for path in root.rglob("run.json")), key=lambda p: _natural(p.relative_to(root)))
+    if not found:
+        raise UserError(f"sweep={root} holds no run.json (no finished run); {expected}")
+    runs = [read_run_dir(run_dir) for run_dir in found]
+    where = {i: run_dir.name if run_dir == root else str(run_dir.relative_to(root)) for i, run_dir in enumerate(found)}
+    _name(runs, where)
+    return runs
+
+
+def runs_in_wandb_group(project: str, group: str, api: Any = None) -> list[Run]:
+    """Every run of the W&B ``group`` in ``project`` (``entity/project`` or ``project``)."""
+    if api is None:
+        import wandb
+
+        try:
+            api = wandb.Api()
+        except Exception as err:  # wandb raises its own types for missing keys and no network
+            raise UserError(
+                f"cannot reach W&B to read group {group!r} ({err}); log in with `wandb login` on a machine with "
+                "network, or report from the run directories with sweep=<the sweep directory>"
+            ) from err
+    try:
+        found = list(api.runs(project, filters={"group": group}))
+    except Exception as err:
+        raise UserError(f"cannot list the runs of W&B project {project!r} ({err}); check wandb_project") from err
+    if not found:
+        raise UserError(
+            f"W&B project {project!r} has no run in group {group!r}; the group is the runs' logger.group "
+            "(slurm/sweep_array.sbatch: <sweep name>-<array job id>)"
+        )
+    runs = []
+    for item in reversed(found):  # the API lists the newest first; sweep order is oldest first
+        config = dict(item.config)
+        summary = dict(item.summary.items())
+        run_dir = Path(str((config.get("paths") or {}).get("run_dir", "")))
+        samples = run_dir / "samples.npz" if str(run_dir) else None
+        runs.append(
+            Run(
+                name=config.get("variant") or "",
+                split=(config.get("data") or {}).get("split") or "full",
+                config=config,
+                location="/".join(str(part) for part in item.path),
+                num_parameters=summary.get("num_parameters"),
+                val_loss=_optional_float(summary.get("val/loss")),
+                val_losses=_levels(summary),
+                measure={
+                    key[len(MEASURE_PREFIX) :]: float(value)
+                    for key, value in summary.items()
+                    if key.startswith(MEASURE_PREFIX) and isinstance(value, (int, float))
+                },
+                wall_time_s=_optional_float(summary.get("wall_time_s")),
+                samples=samples if samples is not None and samples.is_file() else None,
+            )
+        )
+    _name(runs, {i: str(item.name) for i, item in enumerate(reversed(found))})
+    return runs
+
+
+def halves(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """Pairs of runs of the same variant on the two disjoint halves (``data.split=half_a``, ``half_b``)."""
+    by_key: dict[str, dict[str, Run]] = {}
+    for run in runs:
+        if run.split in HALVES:
+            by_key.setdefault(run.pair_key(), {})[run.split] = run
+    return [(pair["half_a"], pair["half_b"]) for pair in by_key.values() if len(pair) == 2]

@@ -1,0 +1,182 @@
+"""Issue #7: ``python -m lightning_diff.report`` turns a sweep's runs into one table and one figure."""
+
+import csv
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from conftest import run_module, train_config
+from lightning_diff.callbacks.figures import LABEL_WIDTH, PADDING, PAIR_PADDING, display_side
+from lightning_diff.cli import CONF_DIR
+from lightning_diff.errors import UserError
+from lightning_diff.metrics.agreement import TwoModelAgreement
+from lightning_diff.report import report
+from lightning_diff.study import halves, runs_in_directory, runs_in_wandb_group
+from lightning_diff.train import train
+
+TINY = [
+    "data.num_train=24",
+    "data.num_val=8",
+    "data.batch_size=8",
+    "diffusion.num_levels=3",
+    "trainer.max_steps=10",
+    "trainer.val_check_interval=10",
+    "callbacks.measure.every_n_steps=0",
+    "callbacks.measure.num_samples=4",
+    "num_samples=4",
+    "sampler.batch_size=4",
+]
+# Three variants as a sweep numbers them, and both halves of the memorizer for the agreement.
+SWEEP = [
+    ["experiment=paper/unet/paper", "denoiser.base_channels=4"],
+    ["experiment=paper/unet/no_skip", "denoiser.base_channels=4"],
+    ["experiment=paper/unet/empirical"],
+    ["experiment=paper/unet/empirical", "data.split=half_a"],
+    ["experiment=paper/unet/empirical", "data.split=half_b"],
+]
+COLUMNS = 3
+
+
+def report_config(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="report", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for job, overrides in enumerate(SWEEP):
+            train(train_config(root / str(job), *overrides, *TINY))
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def close(text: str, value: float, digits: int) -> bool:
+    return math.isclose(float(text), value, rel_tol=0.5 * 10 ** (1 - digits), abs_tol=1e-12)
+
+
+def test_the_table_holds_each_runs_numbers_and_the_figure_pairs_samples_with_neighbours(sweep, tmp_path):
+    out = tmp_path / "report"
+    result = report(report_config(f"sweep={sweep}", f"out={out}", f"columns={COLUMNS}"))
+    summaries = [json.loads((sweep / str(job) / "run.json").read_text()) for job in range(len(SWEEP))]
+
+    with (out / "report.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    lines = (out / "report.md").read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    markdown = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+    assert [row["variant"] for row in table] == ["paper", "no_skip", "empirical", "empirical", "empirical"]
+    assert [row["split"] for row in table] == ["full", "full", "full", "half_a", "half_b"]
+    assert len(markdown) == len(SWEEP)
+
+    for row, md, summary in zip(table, markdown, summaries):
+        metrics, measure = summary["metrics"], summary["measure"]
+        levels = [metrics[f"val/loss_level_{k}"] for k in range(3)]
+        assert int(row["num_parameters"]) == summary["num_parameters"]
+        assert float(row["val_loss"]) == metrics["val/loss"]
+        assert [float(v) for v in row["val_loss_per_level"].split()] == levels
+        assert float(row["memorized_fraction"]) == measure["memorized_fraction"]
+        assert float(row["d1_median"]) == measure["d1_median"]
+        assert float(row["wall_time_s"]) == summary["wall_time_s"]
+        assert row["run"] == str(Path(summary["checkpoint"]).parent.parent)
+
+        assert int(md["parameters"].replace(",", "")) == summary["num_parameters"]
+        assert close(md["val loss"], metrics["val/loss"], 4)
+        assert all(close(text, level, 3) for text, level in zip(md["val loss per level (low t first)"].split(), levels))
+        assert close(md["memorized"], measure["memorized_fraction"], 4)
+        assert close(md["median d1"], measure["d1_median"], 4)
+        assert round(float(md["wall time (s)"])) == round(summary["wall_time_s"])
+
+    # The agreement: only the two halves of a variant have one, computed on their same-seed samples.
+    halves = [np.load(sweep / str(job) / "samples.npz")["samples"] for job in (3, 4)]
+    metric = TwoModelAgreement()
+    metric.update(torch.from_numpy(halves[0]), torch.from_numpy(halves[1]))
+    expected = float(metric.compute()["agreement_cosine_mean"])
+    assert [row["agreement"] for row in table[:3]] == ["", "", ""]
+    assert float(table[3]["agreement"]) == float(table[4]["agreement"]) == expected
+    assert close(markdown[3]["agreement"], expected, 4) and markdown[0]["agreement"] == "-"
+
+    # Rows = runs, columns = the first seeds (the same in every run); 16x16 images drawn at 64x64.
+    side = display_side(16)
+    width, height = Image.open(result["figure"]).size
+    assert result["figure"] == out / "report.png"
+    assert height == len(SWEEP) * (side + 2 * PAIR_PADDING + PADDING) + PADDING
+    assert width == LABEL_WIDTH + COLUMNS * (2 * side + 3 * PAIR_PADDING + PADDING) + PADDING
+
+
+def test_the_report_goes_into_the_sweep_directory_by_default(sweep):
+    result = report(report_config(f"sweep={sweep}", "figure=false"))
+    assert result["markdown"] == sweep / "report.md" and result["csv"].is_file() and result["figure"] is None
+
+
+def test_runs_read_from_a_wandb_group_give_the_same_row(sweep):
+    summary = json.loads((sweep / "0" / "run.json").read_text())
+    wandb_summary = {
+        **summary["metrics"],
+        **{f"measure/{key}": value for key, value in summary["measure"].items()},
+        "num_parameters": summary["num_parameters"],
+        "wall_time_s": summary["wall_time_s"],
+        "_runtime": 99,
+    }
+    fake_run = SimpleNamespace(config=summary["config"], summary=wandb_summary, path=["me", "proj", "abc"], name="x")
+    asked = {}
+
+    class FakeApi:
+        def runs(self, project, filters):
+            asked.update(project=project, filters=filters)
+            return [fake_run]
+
+    (run,) = runs_in_wandb_group("me/proj", "study-1", api=FakeApi())
+    assert asked == {"project": "me/proj", "filters": {"group": "study-1"}}
+    assert (run.name, run.split, run.location) == ("paper", "full", "me/proj/abc")
+    assert run.num_parameters == summary["num_parameters"] and run.val_loss == summary["metrics"]["val/loss"]
+    assert run.measure == summary["measure"] and run.wall_time_s == summary["wall_time_s"]
+    assert run.samples == sweep / "0" / "samples.npz"  # its run directory is on this machine
+
+
+def test_runs_without_a_variant_are_named_by_the_overrides_that_set_them_apart(tmp_path):
+    # A dataset-size sweep on both halves, as Hydra leaves it: .hydra/overrides.yaml in every run directory.
+    for job, (size, split) in enumerate([(100, "half_a"), (100, "half_b"), (1000, "half_a"), (1000, "half_b")]):
+        run_dir = tmp_path / str(job)
+        (run_dir / ".hydra").mkdir(parents=True)
+        config = {"seed": 0, "variant": None, "data": {"num_train": size, "split": split}}
+        (run_dir / "run.json").write_text(json.dumps({"config": config, "metrics": {}}))
+        overrides = ["experiment=paper/unet/paper", f"data.num_train={size}", f"data.split={split}"]
+        (run_dir / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+    runs = runs_in_directory(tmp_path)
+    assert [(run.name, run.split) for run in runs] == [
+        ("data.num_train=100", "half_a"),
+        ("data.num_train=100", "half_b"),
+        ("data.num_train=1000", "half_a"),
+        ("data.num_train=1000", "half_b"),
+    ]
+    assert [(a.location, b.location) for a, b in halves(runs)] == [
+        (str(tmp_path / "0"), str(tmp_path / "1")),
+        (str(tmp_path / "2"), str(tmp_path / "3")),
+    ]
+
+
+def test_a_missing_or_empty_sweep_directory_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match=rf"sweep={tmp_path} holds no run.json .*one run directory per variant"):
+        report(report_config(f"sweep={tmp_path}"))
+    with pytest.raises(UserError, match="exactly one of sweep="):
+        report(report_config())
+    result = run_module("lightning_diff.report", f"sweep={tmp_path / 'nowhere'}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: sweep={tmp_path / 'nowhere'}: no such directory; a sweep directory holds one run directory per "
+        "variant, each with the run.json that python -m lightning_diff.train writes when a run finishes (e.g. "
+        "runs/multirun/<date>/<time> after `python -m lightning_diff.train -m --config-dir sweeps --config-name "
+        "paper_unet`)"
+    ]
