@@ -41,7 +41,7 @@ FIXED_COLUMNS = (
     "memorized_fraction",
     "d1_median",
 )
-TRAILING_COLUMNS = ("agreement", "wall_time_s", "run")
+TRAILING_COLUMNS = ("agreement", "vs_reference", "wall_time_s", "run")
 HEADINGS = {
     "variant": "variant",
     "split": "data",
@@ -51,6 +51,7 @@ HEADINGS = {
     "memorized_fraction": "memorized",
     "d1_median": "median d1",
     "agreement": "agreement",
+    "vs_reference": "same-noise agreement with the reference",
     "wall_time_s": "wall time (s)",
     "run": "run",
 }
@@ -82,15 +83,36 @@ def agreements(runs: list[Run]) -> dict[int, float]:
     return values
 
 
+def reference_agreements(runs: list[Run], reference: str | None) -> dict[int, float]:
+    """Agreement (mean cosine, same seeds) of each run's samples with those of the run named
+    ``reference`` on the same data half, by ``id(run)``: what each change makes of the same noise.
+    Runs sampled from other seeds or at another shape are left out."""
+    anchors = {run.split: run for run in runs if reference and run.name == reference and run.samples is not None}
+    values = {}
+    for run in runs:
+        anchor = anchors.get(run.split)
+        if anchor is None or run.samples is None:
+            continue
+        samples, seeds = load_samples(run.samples)
+        anchor_samples, anchor_seeds = load_samples(anchor.samples)
+        if not np.array_equal(seeds, anchor_seeds) or samples.shape != anchor_samples.shape:
+            continue
+        metric = TwoModelAgreement()
+        metric.update(samples, anchor_samples)
+        values[id(run)] = float(metric.compute()["agreement_cosine_mean"])
+    return values
+
+
 def fid_columns(runs: list[Run]) -> list[str]:
     """The FID keys any run measured (``fid@64``, ``fd_<model>@1k``, ...), sorted."""
     return sorted({key for run in runs for key in run.measure if key.startswith(("fid@", "fd_"))})
 
 
-def rows(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
+def rows(runs: list[Run], reference: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """The table's columns and one row of raw values per run (None where a value is missing)."""
     fids = fid_columns(runs)
     agreement = agreements(runs)
+    vs_reference = reference_agreements(runs, reference)
     table = []
     for run in runs:
         row = {
@@ -103,7 +125,14 @@ def rows(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
             "d1_median": run.measure.get("d1_median"),
         }
         row.update({key: run.measure.get(key) for key in fids})
-        row.update({"agreement": agreement.get(id(run)), "wall_time_s": run.wall_time_s, "run": run.location})
+        row.update(
+            {
+                "agreement": agreement.get(id(run)),
+                "vs_reference": vs_reference.get(id(run)),
+                "wall_time_s": run.wall_time_s,
+                "run": run.location,
+            }
+        )
         table.append(row)
     return [*FIXED_COLUMNS, *fids, *TRAILING_COLUMNS], table
 
@@ -219,7 +248,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         runs = runs_in_wandb_group(str(cfg.wandb_project), str(cfg.wandb_group))
         out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(f"report-{cfg.wandb_group}")
     out.mkdir(parents=True, exist_ok=True)
-    columns, table = rows(runs)
+    columns, table = rows(runs, cfg.get("reference"))
     markdown = write_markdown(out / "report.md", columns, table)
     write_csv(out / "report.csv", columns, table)
     picture = figure(out / "report.png", runs, int(cfg.columns)) if cfg.figure else None

@@ -107,6 +107,15 @@ def test_the_table_holds_each_runs_numbers_and_the_figure_pairs_samples_with_nei
     assert float(table[3]["agreement"]) == float(table[4]["agreement"]) == expected
     assert close(markdown[3]["agreement"], expected, 4) and markdown[0]["agreement"] == "-"
 
+    # Same-noise agreement with the reference (paper) on the same half: 1 for paper itself, the
+    # metric on the two runs' samples for no_skip, none where no paper run used that half.
+    samples = [torch.from_numpy(np.load(sweep / str(job) / "samples.npz")["samples"]) for job in (0, 1)]
+    metric = TwoModelAgreement()
+    metric.update(samples[1], samples[0])
+    assert math.isclose(float(table[0]["vs_reference"]), 1.0, rel_tol=1e-9)
+    assert float(table[1]["vs_reference"]) == float(metric.compute()["agreement_cosine_mean"])
+    assert table[3]["vs_reference"] == table[4]["vs_reference"] == ""
+
     # Rows = runs, columns = the first seeds (the same in every run); 16x16 images drawn at 64x64.
     side = display_side(16)
     width, height = Image.open(result["figure"]).size
