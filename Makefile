@@ -1,5 +1,6 @@
 # make run   - set up .venv from nothing and run the main job (offline, CPU is enough)
 # make test  - set up .venv from nothing and run the test suite
+# make bench - set up .venv, add the benchmark peers (faiss-cpu, scikit-learn) and run python -m benchmarks
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,8 +8,9 @@ PY := $(VENV)/bin/python
 # This machine has local wheels of these; on a GPU cluster override with TORCH_PIN="" to keep its torch.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.lightning_diff-installed
+BENCH_STAMP := $(VENV)/.lightning_diff-bench-installed
 
-.PHONY: run test setup clean
+.PHONY: run test bench setup clean
 
 setup: $(STAMP)
 
@@ -25,6 +27,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
+
+# The peers the benchmarks compare against (the bench extra).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# BENCH_ARGS picks benchmarks and options, e.g. BENCH_ARGS="nn_search --size tiny".
+bench: $(BENCH_STAMP)
+	WANDB_MODE=disabled $(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs outputs multirun .pytest_cache

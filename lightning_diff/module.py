@@ -72,6 +72,9 @@ class DiffusionModule(L.LightningModule):
         self.schedule = schedule
         self.seed = seed
         self.run_info = run_info or {}
+        self._unchecked_losses: list[Tensor] = []
+        # Listed once per fit: walking a per-level UNet's module tree every step costs milliseconds.
+        self._trained: list[nn.Parameter] | None = None
 
     @property
     def grid(self) -> NoiseGrid:
@@ -91,24 +94,57 @@ class DiffusionModule(L.LightningModule):
         loss = self.objective.loss(
             self.denoiser, batch, self.seed, self.global_step, self.global_rank, self.trainer.world_size
         )
-        # Ranks hold equal slices, so the mean over ranks is the global batch's loss: logged as
-        # a single process would log it, and checked on every rank, so all stop together.
-        global_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
-        if not torch.isfinite(global_loss):
-            raise NonFiniteLossError(
-                f"training loss became {global_loss.item()} at step {self.global_step}; stopped before the update, "
-                "so the last checkpoint holds the last good weights. Lower optimizer.lr or check the data scale."
-            )
-        self.log("train/loss", global_loss, prog_bar=True)
+        # Ranks hold equal slices, so the mean over ranks is the global batch's loss: logged as a
+        # single process would log it, and checked on every rank, so all stop together. Both
+        # happen in on_before_optimizer_step, still before the update.
+        self._unchecked_losses.append(self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean"))
         return loss
 
+    def on_train_start(self) -> None:
+        self._trained = None
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        for name, param in self.named_parameters():
-            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+        # One device-to-host copy per step carries the losses and every gradient's norm: a sync per
+        # check, or per parameter, would stall a GPU that otherwise runs ahead of this loop. An inf
+        # or NaN element makes its gradient's norm non-finite.
+        losses, self._unchecked_losses = self._unchecked_losses, []
+        if self._trained is None:
+            self._trained = list(self.parameters())
+        grads = [p.grad for p in self._trained if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        if not losses and not norms:
+            return
+        pieces = [torch.stack(losses).float()] if losses else []
+        if norms:
+            same_dtype = len({norm.dtype for norm in norms}) == 1
+            pieces.append(torch.stack(norms if same_dtype else [norm.float() for norm in norms]).float())
+        host = torch.cat(pieces).cpu()
+        for value in host[: len(losses)].tolist():
+            if not math.isfinite(value):
                 raise NonFiniteLossError(
-                    f"the gradient of {name} became NaN or infinite at step {self.global_step}; stopped before "
-                    "the update, so the last checkpoint holds the last good weights. Lower optimizer.lr."
+                    f"training loss became {value} at step {self.global_step}; stopped before the update, "
+                    "so the last checkpoint holds the last good weights. Lower optimizer.lr or check the data scale."
                 )
+        if not bool(torch.isfinite(host[len(losses) :]).all()):
+            # A huge finite gradient can overflow its norm: name the parameter only if an element is non-finite.
+            for name, param in self.named_parameters():
+                if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                    raise NonFiniteLossError(
+                        f"the gradient of {name} became NaN or infinite at step {self.global_step}; stopped before "
+                        "the update, so the last checkpoint holds the last good weights. Lower optimizer.lr."
+                    )
+        if losses and self._loss_is_read_this_step():
+            # Logged from the host copy, so the progress bar's .item() needs no second sync.
+            self.log("train/loss", host[len(losses) - 1], prog_bar=True)
+
+    def _loss_is_read_this_step(self) -> bool:
+        """A progress bar shows the loss every step; loggers write it every log_every_n_steps
+        (Lightning's rule). On other steps self.log, about a millisecond of Python, is skipped."""
+        trainer = self.trainer
+        if trainer.progress_bar_callback is not None:
+            return True
+        every = trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         losses = self.objective.per_level_loss(self.denoiser, batch, self.seed)

@@ -101,6 +101,7 @@ def build(
     negative_slope: float = 0.2,
     output: str = "none",
     embedding_dim: int = 64,
+    stacked: bool | str = "auto",
 ) -> nn.Module:
     """Bottleneck MLP denoiser, trained by SGD in any conditioning mode."""
     if fit != "sgd":
@@ -109,4 +110,4 @@ def build(
     def make(embedding: int = 0) -> BottleneckMLP:
         return BottleneckMLP(data_shape, depth, width, bottleneck, activation, negative_slope, output, embedding)
 
-    return wrap(conditioning, grid, make, lambda: make(embedding_dim), family="bottleneck")
+    return wrap(conditioning, grid, make, lambda: make(embedding_dim), family="bottleneck", stacked=stacked)

@@ -205,6 +205,7 @@ def build(
     mlp_ratio: float = 4.0,
     pos_embed: str = "sincos",
     fit: str = "sgd",
+    stacked: bool | str = "auto",
 ) -> nn.Module:
     """DiT denoiser ``D(y, t)`` in any conditioning mode, trained by SGD.
 
@@ -218,4 +219,4 @@ def build(
     def make(time_conditioned: bool) -> DiT:
         return DiT(image_shape, patch_size, depth, width, heads, mlp_ratio, pos_embed, time_conditioned)
 
-    return wrap(conditioning, grid, lambda: make(False), lambda: make(True), family="dit")
+    return wrap(conditioning, grid, lambda: make(False), lambda: make(True), family="dit", stacked=stacked)

@@ -88,10 +88,11 @@ def build(
     fit: str = "closed_form",
     conditioning: str = "per_level",
     rank: int | None = None,
+    stacked: bool | str = "auto",
 ) -> nn.Module:
     """Closed-form Wiener denoiser (any t) or SGD-trainable affine maps per level."""
     if fit == "closed_form":
         return WienerDenoiser(data_shape, rank)
     if fit == "sgd":
-        return wrap(conditioning, grid, lambda: Affine(data_shape, rank), family="linear")
+        return wrap(conditioning, grid, lambda: Affine(data_shape, rank), family="linear", stacked=stacked)
     raise UserError(f"denoiser.fit={fit!r} is not valid for linear; choose closed_form or sgd")

@@ -117,7 +117,9 @@ class BiasFreeBatchNorm2d(nn.Module):
             # Statistics in float32 so the layer also works under bf16/fp16 autocast.
             std = torch.sqrt(x.float().var(dim=(0, 2, 3), unbiased=False) + self.eps)
             with torch.no_grad():
-                self.running_std.lerp_(std.detach(), self.momentum)
+                # Out of place then copied: torch.func.vmap (the stacked per-level path) has no
+                # batching rule for the in-place lerp_, and this is the same arithmetic.
+                self.running_std.copy_(torch.lerp(self.running_std, std.detach(), self.momentum))
         else:
             std = self.running_std
         return x * (self.weight / std).reshape(1, -1, 1, 1).to(x.dtype)
@@ -402,6 +404,7 @@ def build(
     in_channels: int | None = None,
     embedding_dim: int = 64,
     time_modulation: str | None = None,
+    stacked: bool | str = "auto",
 ) -> nn.Module:
     """UNet denoiser trained by SGD in any conditioning mode (``embedding_dim`` is for ``conditioned``)."""
     if fit != "sgd":
@@ -427,4 +430,4 @@ def build(
     def make(embedding: int = 0) -> UNet:
         return UNet(shape, embedding_dim=embedding, **knobs)  # type: ignore[arg-type]
 
-    return wrap(conditioning, grid, make, lambda: make(embedding_dim), family="unet")
+    return wrap(conditioning, grid, make, lambda: make(embedding_dim), family="unet", stacked=stacked)

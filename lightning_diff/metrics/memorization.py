@@ -47,7 +47,8 @@ class Memorization(Metric):
         train: the training set (N, *data_shape), N >= 2; moves with the metric's device.
         ratio: a sample is memorized when d1 / d2 < ratio.
         quantiles: the d1 quantiles reported (0.5 is reported as ``d1_median``).
-        sample_chunk, train_chunk: block sizes of the search (memory ~ sample_chunk * train_chunk).
+        sample_chunk, train_chunk: block sizes of the search (memory ~ sample_chunk * train_chunk;
+            default: chosen for the device).
     """
 
     is_differentiable = False
@@ -59,8 +60,8 @@ class Memorization(Metric):
         train: Tensor,
         ratio: float = COPY_RATIO,
         quantiles: tuple[float, ...] = QUANTILES,
-        sample_chunk: int = 1024,
-        train_chunk: int = 8192,
+        sample_chunk: int | None = None,
+        train_chunk: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
