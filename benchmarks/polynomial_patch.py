@@ -6,7 +6,7 @@ pixel's training patches, predicts the whole patch and keeps the pixel. Ours fit
 regression per distinct patch position once per level, for the used pixels only, with
 batched factorisations (lightning_diff/denoisers/polynomial_patch.py). Both use the same
 projections, training noise and ridge, so they compute the same denoiser; the benchmark
-checks that (max |ours - straightforward| over the sampled pixels) before timing.
+reports how far apart they are (max |ours - straightforward| over the timed pixels).
 
 A full straightforward run at 64x64x3 takes tens of minutes here, so at the ``cpu`` size it is
 timed on ``peer_pixels`` pixels per level and scaled to all pixels (said in the row's note);
@@ -87,7 +87,8 @@ def run(config: Config) -> list[Row]:
     ours = time.perf_counter() - start
     assert torch.isfinite(samples).all(), "non-finite samples"
 
-    # The straightforward denoiser on the noisy states our sampler visited, level by level.
+    # The straightforward denoiser, level by level, on one batch of noisy inputs: at each sampling
+    # step it does this work once, so the sum over levels is its sampling run.
     height, width = shape[1:]
     all_pixels = [(i, j) for i in range(height) for j in range(width)]
     pick = s["peer_pixels"]
