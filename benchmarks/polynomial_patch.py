@@ -8,7 +8,7 @@ batched factorisations (lightning_diff/denoisers/polynomial_patch.py). Both use 
 projections, training noise and ridge, so they compute the same denoiser; the benchmark
 reports how far apart they are (max |ours - straightforward| over the timed pixels).
 
-A full straightforward run at 64x64x3 takes tens of minutes here, so at the ``cpu`` size it is
+A full straightforward run at 64x64x3 takes hours here (about 4 h by the scaled timing), so at the ``cpu`` size it is
 timed on ``peer_pixels`` pixels per level and scaled to all pixels (said in the row's note);
 at ``tiny`` it runs in full. A second row compares ours with the 30 s budget of issue 8.
 """
