@@ -35,6 +35,25 @@ def _logger(cfg: DictConfig, run_dir: Path) -> Any:
     return build(cfg.logger, "logger", save_dir=str(run_dir), id=wandb_run_id(run_dir), resume="allow")
 
 
+# A requeued SLURM job can start while the previous attempt's W&B process still flushes the
+# same run, and W&B refuses the run ID until it lets go (seconds).
+_WANDB_ID_WAIT_S = 120.0
+_WANDB_ID_POLL_S = 2.0
+
+
+def _open_wandb_run(logger: Any) -> None:
+    """Start the logger's W&B run now, waiting while an earlier attempt of this run still holds its ID."""
+    deadline = time.monotonic() + _WANDB_ID_WAIT_S
+    while True:
+        try:
+            logger.experiment
+            return
+        except Exception as err:  # wandb raises its own ServerResponseError type
+            if "is in use" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(_WANDB_ID_POLL_S)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or fit) the configured denoiser; returns the ``run.json`` payload."""
     if spawns_ranks(cfg):
@@ -106,6 +125,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     exit_code = 1
     try:
+        if logger and trainer.is_global_zero:
+            _open_wandb_run(logger)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         trainer.save_checkpoint(ckpt, weights_only=False)
