@@ -3,7 +3,7 @@
 ``--signal=SIGUSR1@90`` (slurm/*.sbatch) makes SLURM send SIGUSR1 to every task 90 s before
 the time limit. The handler only notes it. At the end of the next training step the ranks
 agree that it came (one rank having it is enough), save ``checkpoints/last.ckpt`` together,
-and rank 0 asks SLURM to requeue the job. SLURM then ends this attempt (SIGTERM, which
+and rank 0 asks SLURM to requeue the job and finishes the W&B run. SLURM then ends this attempt (SIGTERM, which
 Lightning turns into a stop at the next step) and starts the job again under the same job
 id, so in the same run directory, where it resumes from that checkpoint.
 
@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.loggers import WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,23 @@ class RequeueOnSignal(Checkpoint):
             return
         self.signalled = False
         trainer.save_checkpoint(self.checkpoint)
-        if trainer.is_global_zero:
-            requeue_job()
+        if trainer.is_global_zero and requeue_job():
+            release_wandb_run(trainer)
+
+
+def release_wandb_run(trainer: L.Trainer) -> None:
+    """Finish this attempt's W&B run now and log no more to it.
+
+    SLURM ends the attempt within seconds; a W&B run cut off there can stay 'in use' for
+    minutes, and the requeued attempt could not resume it.
+    """
+    kept = [logger for logger in trainer.loggers if not isinstance(logger, WandbLogger)]
+    if len(kept) == len(trainer.loggers):
+        return
+    import wandb  # only runs that log to W&B get here
+
+    wandb.finish()
+    trainer.loggers = kept
 
 
 def slurm_requeue(checkpoint: Path) -> tuple[list[L.Callback], list[Any]]:
