@@ -44,7 +44,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=3600
-KillWait=2
+# SLURM's default: a cancelled or requeued step gets 30 s to close its W&B run. Killed sooner,
+# its W&B service outlives it here (proctrack/linuxproc cannot reap it) and holds the run ID.
+KillWait=30
 SlurmdParameters=config_overrides
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
