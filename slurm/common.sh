@@ -3,6 +3,10 @@
 
 # shellcheck source=site.sh
 source "$LD_REPO/slurm/site.sh"
+# sbatch copies the submitting shell's environment. A W&B service token in it (set by any process
+# that has opened a W&B run: a notebook, a test session, a W&B agent) points at a service on the
+# submitting host that outlives this job: a requeued attempt would find its run ID still held there.
+unset WANDB_SERVICE
 ld_activate
 if ! LD_PYTHON=$(command -v python); then
   echo "error: no python on PATH after ld_activate; set up the environment in slurm/site.sh" >&2

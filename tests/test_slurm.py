@@ -66,8 +66,14 @@ def cluster():
 
 
 def job_env(tmp_path: Path) -> dict[str, str]:
-    """Environment of a submission: this checkout, run directories under tmp_path, W&B offline."""
-    return {"LD_REPO": str(REPO), "LD_RUNS_ROOT": str(tmp_path / "runs"), "WANDB_MODE": "offline"}
+    """Environment of a submission: this checkout, run directories under tmp_path, W&B offline, and
+    the W&B service token of a process that has opened a W&B run (the jobs must start their own)."""
+    return {
+        "LD_REPO": str(REPO),
+        "LD_RUNS_ROOT": str(tmp_path / "runs"),
+        "WANDB_MODE": "offline",
+        "WANDB_SERVICE": "3-999999-unix-/nonexistent/wandb-service.sock",
+    }
 
 
 def log_of(path: Path) -> str:
