@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from lightning_diff.errors import UserError
+from lightning_diff.metrics.projected_bound import pruned_nearest_two, worth_pruning
 
 COPY_RATIO = 1.0 / 3.0
 CANDIDATES = 8
@@ -168,12 +169,29 @@ CPU_CHUNKS = (2048, 1024)
 GPU_CHUNKS = (8192, 8192)
 
 
+def _full_search(s: Tensor, x: Tensor, sample_chunk: int, train_chunk: int) -> tuple[Tensor, Tensor]:
+    """Float64 squared distances and indices (M, 2) from the float32 search over every image."""
+    best_d, best_i, certified = _search(s, x, torch.float32, sample_chunk, train_chunk)
+    retry = (~certified).nonzero(as_tuple=True)[0]
+    if retry.numel():
+        # float64's bound is ~1e-9 of float32's: only exact ties beyond CANDIDATES images remain,
+        # and any of those tied images is a right answer.
+        best_d[retry], best_i[retry], _ = _search(s[retry], x, torch.float64, sample_chunk, train_chunk)
+    return best_d, best_i
+
+
 def nearest_two(
-    samples: Tensor, train: Tensor, sample_chunk: int | None = None, train_chunk: int | None = None
+    samples: Tensor,
+    train: Tensor,
+    sample_chunk: int | None = None,
+    train_chunk: int | None = None,
+    prune: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Distances (M, 2) to and indices (M, 2) of each sample's two nearest training images.
 
     Memory beyond the inputs is about ``sample_chunk * train_chunk`` numbers (default: by device).
+    ``prune`` (default: when it pays, on a CPU) first tries the projected-bound search of
+    :mod:`lightning_diff.metrics.projected_bound`; it gives the same answer.
     """
     if train.shape[0] < 2:
         raise UserError(f"nearest-neighbour search needs at least two training images, got {train.shape[0]}")
@@ -188,12 +206,18 @@ def nearest_two(
     x = train.reshape(train.shape[0], -1)
     default_sample, default_train = CPU_CHUNKS if x.device.type == "cpu" else GPU_CHUNKS
     sample_chunk, train_chunk = sample_chunk or default_sample, train_chunk or default_train
-    best_d, best_i, certified = _search(s, x, torch.float32, sample_chunk, train_chunk)
-    retry = (~certified).nonzero(as_tuple=True)[0]
-    if retry.numel():
-        # float64's bound is ~1e-9 of float32's: only exact ties beyond CANDIDATES images remain,
-        # and any of those tied images is a right answer.
-        best_d[retry], best_i[retry], _ = _search(s[retry], x, torch.float64, sample_chunk, train_chunk)
+    if prune is None:
+        prune = worth_pruning(s, x)
+    if prune and x.device.type != "cpu":
+        raise UserError("the projected-bound search runs on the CPU; pass prune=False (or None) for GPU tensors")
+    if prune:
+        with _exact_float32_matmul():
+            best_d, best_i, answered = pruned_nearest_two(s, x, _product)
+        rest = (~answered).nonzero(as_tuple=True)[0]
+        if rest.numel():
+            best_d[rest], best_i[rest] = _full_search(s[rest], x, sample_chunk, train_chunk)
+    else:
+        best_d, best_i = _full_search(s, x, sample_chunk, train_chunk)
     return (best_d / s.shape[1]).sqrt().float(), best_i
 
 
