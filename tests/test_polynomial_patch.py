@@ -170,6 +170,8 @@ def test_bad_inputs_name_the_key() -> None:
         polynomial_patch.build(shape, grid, patch_sizes=[13, 5, 3])
     with pytest.raises(UserError, match="ridge"):
         polynomial_patch.build(shape, grid, ridge=0.0)
+    with pytest.raises(UserError, match="or auto"):
+        polynomial_patch.build(shape, grid, ridge="best")
     with pytest.raises(UserError, match="C, H, W"):
         polynomial_patch.build((144,), grid)
     model = polynomial_patch.build(shape, grid, conditioning="per_level", fit="closed_form")
@@ -177,3 +179,25 @@ def test_bad_inputs_name_the_key() -> None:
         model(torch.zeros(1, *shape), grid.levels[:1].float())
     with pytest.raises(UserError, match="data_shape"):
         model.fit_data(torch.zeros(4, 3, 12, 12))
+
+
+def test_auto_ridge_keeps_each_levels_best_candidate_on_fresh_noise() -> None:
+    shape, grid = (1, 8, 8), make_grid(3)
+    x0 = torch.rand(40, *shape, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    kwargs = {"patch_sizes": [8, 5, 3], "num_features": [64, 32, 16]}
+    auto = polynomial_patch.build(shape, grid, ridge="auto", **kwargs).double()
+    auto.fit_data(x0.double())
+    for level in range(len(grid)):
+        noisy, clean = auto.validation_inputs(x0.double(), level)
+        errors = {}
+        for ridge in polynomial_patch.RIDGE_CANDIDATES:
+            fixed = polynomial_patch.build(shape, grid, ridge=ridge, **kwargs).double()
+            fixed.fit_data(x0.double())
+            errors[ridge] = float((fixed._predict(level, noisy) - clean).pow(2).mean())
+        chosen = float(auto.ridges[level])
+        assert chosen == min(errors, key=errors.get)
+        fixed = polynomial_patch.build(shape, grid, ridge=chosen, **kwargs).double()
+        fixed.fit_data(x0.double())
+        torch.testing.assert_close(auto._predict(level, noisy), fixed._predict(level, noisy))
+    # 40 images, 65 or more features: the smallest penalty overfits the highest level's draws.
+    assert float(auto.ridges[-1]) > polynomial_patch.RIDGE_CANDIDATES[0]

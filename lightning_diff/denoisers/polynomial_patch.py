@@ -49,9 +49,15 @@ from lightning_diff.seeding import derive_seed, generator
 PAPER_IMAGE_SIZE = 64
 PAPER_PATCH_SIZES = (64, 55, 45, 35, 27, 21, 15, 11, 7, 3)
 PAPER_NUM_FEATURES = (1024, 1024, 512, 256, 128, 128, 64, 32, 16, 8)
+_FITTED_STATE = ("bias", "power_readout", "linear_readout", "train_inputs", "dual_coef")
 
 _PROJECTION_STREAM = 1
 _NOISE_STREAM = 2
+_VALIDATION_STREAM = 3
+# ridge: auto tries these relative penalties at every level and keeps the one with the lowest
+# error on fresh noise (the fit's own draws are what a too-small penalty overfits).
+RIDGE_CANDIDATES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+VALIDATION_IMAGES = 512
 # Largest intermediate tensor (elements) of a block of positions or a DFT chunk: 32 MB in float32.
 # Larger blocks run slower: glibc serves allocations above 32 MB by fresh mmaps, whose page
 # faults cost as much system time as the arithmetic (measured: 6.5 s vs 2.3 s of 16 s).
@@ -287,11 +293,14 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
             ``num_features[k]`` random features; both lists are in grid order here.
         power: the power p of the random features.
         noise_draws: noisy copies of each training image per level (fixed seed).
-        ridge: relative ridge penalty (see :func:`regularised_factor`); must be positive.
+        ridge: relative ridge penalty (see :func:`regularised_factor`), positive, or ``"auto"``:
+            per level, the one of :data:`RIDGE_CANDIDATES` whose fit has the lowest squared error
+            on fresh noise draws of (up to ``VALIDATION_IMAGES``) training images, i.e. on the
+            diffusion objective over the training set that the fit estimates from its own draws.
         seed: seeds the projections and the training noise.
 
     Fitted state, per level k, in buffers, for the L = H * W pixels in row-major order:
-    ``bias_k`` (L, C), ``power_readout_k`` (L, F_r, C) and either ``linear_readout_k``
+    ``ridges`` (K,) the penalty each level used, ``bias_k`` (L, C), ``power_readout_k`` (L, F_r, C) and either ``linear_readout_k``
     (L, C P^2, C) (primal fit) or ``train_inputs_k`` (M, C, H, W) with ``dual_coef_k``
     (L, M, C) (dual fit).
     """
@@ -304,7 +313,7 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
         num_features: list[int],
         power: int = 2,
         noise_draws: int = 1,
-        ridge: float = 1e-3,
+        ridge: float | str = 1e-3,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -317,11 +326,12 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
         self.ridge = ridge
         self.seed = seed
         self.register_buffer("levels", grid.levels.clone().float())
+        self.register_buffer("ridges", torch.zeros(len(self.patch_sizes)))
         channels = self.data_shape[0]
         for k, (size, count) in enumerate(zip(self.patch_sizes, self.num_features)):
             projection = random_projection(count, channels * size * size, derive_seed(seed, _PROJECTION_STREAM, k))
             self.register_buffer(f"projection_{k}", projection)
-            for name in ("bias", "power_readout", "linear_readout", "train_inputs", "dual_coef"):
+            for name in _FITTED_STATE:
                 self.register_buffer(f"{name}_{k}", torch.zeros(0))
 
     def _state(self, name: str, level: int) -> Tensor:
@@ -374,6 +384,14 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
         t = torch.full((clean.shape[0],), float(self.levels[level]), device=x0.device)
         return add_noise(clean, t, eps), clean
 
+    def validation_inputs(self, x0: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """Fresh noisy copies of (an evenly spaced subset of) the training images and the images."""
+        clean = x0[torch.linspace(0, x0.shape[0] - 1, min(x0.shape[0], VALIDATION_IMAGES)).long()]
+        gen = generator(self.seed, _VALIDATION_STREAM, level, device=x0.device)
+        eps = torch.randn(clean.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        t = torch.full((clean.shape[0],), float(self.levels[level]), device=x0.device)
+        return add_noise(clean, t, eps), clean
+
     def _fit(self, x0: Tensor) -> None:
         if tuple(x0.shape[1:]) != self.data_shape:
             raise UserError(
@@ -384,7 +402,28 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
         if not x0.is_floating_point():
             x0 = x0.float()
         for k in range(len(self.patch_sizes)):
-            self._fit_level(k, x0)
+            if self.ridge == "auto":
+                self._fit_level_choosing_ridge(k, x0)
+            else:
+                self._fit_level(k, x0, float(self.ridge))
+
+    def _fit_level_choosing_ridge(self, level: int, x0: Tensor) -> None:
+        noisy, clean = self.validation_inputs(x0, level)
+        best_error, best_ridge, best_state = math.inf, None, {}
+        for ridge in RIDGE_CANDIDATES:
+            self._fit_level(level, x0, ridge)
+            error = float((self._predict(level, noisy) - clean).pow(2).mean())
+            if error < best_error:
+                best_error, best_ridge = error, ridge
+                best_state = {name: self._state(name, level) for name in _FITTED_STATE}
+        if best_ridge is None:
+            raise UserError(
+                f"polynomial_patch level {level}: every ridge candidate gave a non-finite error on fresh "
+                "noise; check the training images for NaN or inf"
+            )
+        for name, value in best_state.items():
+            setattr(self, f"{name}_{level}", value)
+        self.ridges[level] = best_ridge
 
     def _linear_kernel(self, level: int, a: Tensor, b: Tensor, rows: range) -> Tensor:
         """z_i . z_j for the patches of a_i and b_j at position rows ``rows``: (Q_block, n_a, n_b)."""
@@ -393,7 +432,7 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
             return window_inner_products(a, b, size, rows)
         return patches(a, size, rows) @ patches(b, size, rows).transpose(1, 2)
 
-    def _fit_level(self, level: int, x0: Tensor) -> None:
+    def _fit_level(self, level: int, x0: Tensor, ridge: float) -> None:
         channels, height, width = self.data_shape
         size, count = self.patch_sizes[level], self.num_features[level]
         noisy, clean = self.training_inputs(x0, level)
@@ -421,7 +460,7 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
             else:
                 phi = torch.cat([feats.new_ones(feats.shape[0], samples, 1), patches(noisy, size, rows), feats], dim=2)
                 system = phi.transpose(1, 2) @ phi
-            factor = regularised_factor(system, self.ridge, total)
+            factor = regularised_factor(system, ridge, total)
             for positions, pixels in position_groups(height, width, size, rows):
                 groups, served = pixels.shape
                 # Each position's right-hand sides are the C targets of each pixel it serves.
@@ -446,6 +485,7 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
         setattr(self, f"linear_readout_{level}", empty if dual else linear)
         setattr(self, f"train_inputs_{level}", noisy if dual else empty)
         setattr(self, f"dual_coef_{level}", coef if dual else empty)
+        self.ridges[level] = ridge
 
     def forward(self, y: Tensor, t: Tensor) -> Tensor:
         if not bool(self.fitted):
@@ -508,7 +548,7 @@ def _check_arguments(
     num_features: list[int],
     power: int,
     noise_draws: int,
-    ridge: float,
+    ridge: float | str,
 ) -> None:
     if len(data_shape) != 3 or min(data_shape) < 1:
         raise UserError(
@@ -536,10 +576,12 @@ def _check_arguments(
         raise UserError(f"denoiser.power={power} must be an integer >= 1")
     if int(noise_draws) != noise_draws or noise_draws < 1:
         raise UserError(f"denoiser.noise_draws={noise_draws} must be an integer >= 1")
-    if not ridge > 0:
+    if ridge == "auto":
+        return
+    if isinstance(ridge, str) or not ridge > 0:
         raise UserError(
-            f"denoiser.ridge={ridge} must be > 0: a position has fewer training patches than features, "
-            "so its unpenalised regression is singular"
+            f"denoiser.ridge={ridge!r} must be > 0 or auto: a position may have fewer training patches "
+            "than features, so its unpenalised regression is singular"
         )
 
 
@@ -550,7 +592,7 @@ def build(
     patch_sizes: list[int] | None = None,
     num_features: list[int] | None = None,
     noise_draws: int = 1,
-    ridge: float = 1e-3,
+    ridge: float | str = 1e-3,
     seed: int = 0,
     **unused: object,
 ) -> nn.Module:
