@@ -299,10 +299,10 @@ class PolynomialPatchDenoiser(ClosedFormDenoiser):
             diffusion objective over the training set that the fit estimates from its own draws.
         seed: seeds the projections and the training noise.
 
-    Fitted state, per level k, in buffers, for the L = H * W pixels in row-major order:
-    ``ridges`` (K,) the penalty each level used, ``bias_k`` (L, C), ``power_readout_k`` (L, F_r, C) and either ``linear_readout_k``
-    (L, C P^2, C) (primal fit) or ``train_inputs_k`` (M, C, H, W) with ``dual_coef_k``
-    (L, M, C) (dual fit).
+    Fitted state, in buffers: ``ridges`` (K,), the penalty each level used; per level k, for
+    the L = H * W pixels in row-major order, ``bias_k`` (L, C), ``power_readout_k``
+    (L, F_r, C) and either ``linear_readout_k`` (L, C P^2, C) (primal fit) or
+    ``train_inputs_k`` (M, C, H, W) with ``dual_coef_k`` (L, M, C) (dual fit).
     """
 
     def __init__(

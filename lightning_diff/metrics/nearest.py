@@ -15,6 +15,10 @@ The search runs at float32 speed and returns what float64 gives:
    minus E still exceeds the float64 second-best, no image left out can be nearer. A sample that
    fails the check (more than ``CANDIDATES`` images within 2E of its second-nearest) is searched
    again the same way in float64.
+
+On a CPU with many large images, :mod:`lightning_diff.metrics.projected_bound` first prunes
+the training set per sample with a cheaper lower bound and answers most rows itself, with the
+same float64 answer; the rows it cannot prune come here.
 """
 
 import functools
