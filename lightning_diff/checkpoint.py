@@ -9,7 +9,6 @@ checkpoint from a colleague is safe to open; the run's config is stored as plain
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "(only tensors and plain data are accepted). Re-save it from a trusted run with "
             "lightning_diff, or extract the weights in a sandbox you trust."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # a corrupt legacy pickle fails with any error type (KeyError, IndexError, ...)
         raise UserError(
             f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); "
             "it may be truncated or not a checkpoint at all"
