@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lightning_diff.denoisers import polynomial_patch
 from lightning_diff.denoisers.features import power_features
@@ -73,7 +72,7 @@ def test_every_linear_kernel_route_and_float32_match_the_reference(monkeypatch: 
     """Column strips and patch products give the same linear kernel; float32 stays within 1e-4."""
     y = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(3))
     for strips in (True, False):
-        monkeypatch.setattr(polynomial_patch.PolynomialPatchDenoiser, "_strips_pay", lambda self, level: strips)
+        monkeypatch.setattr(polynomial_patch.PolynomialPatchDenoiser, "_strips_pay", lambda self, level, strips=strips: strips)
         model, grid, x0 = fitted(1, dtype=torch.float32, patch_sizes=[9, 6, 3, 1])
         assert model.is_dual(2)
         got = model(y, torch.full((2,), float(grid.levels[2])))
