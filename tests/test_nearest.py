@@ -115,3 +115,13 @@ def test_pruning_is_chosen_only_where_it_pays() -> None:
     assert projected_bound.worth_pruning(torch.zeros(10_000, 784), torch.zeros(60_000, 784))
     assert not projected_bound.worth_pruning(torch.zeros(10_000, 64), torch.zeros(60_000, 64))
     assert not projected_bound.worth_pruning(torch.zeros(10_000, 784), torch.zeros(1000, 784))
+
+
+def test_pruned_search_of_float64_inputs_matches_float64() -> None:
+    gen = torch.Generator().manual_seed(6)
+    base = low_dimensional_images(300, gen).double()
+    # Differences far below float32's resolution: screening in float32 could not see them.
+    train = torch.cat([base, base[:50] + 1e-12])
+    samples = base[:40] + 1e-13
+    distances, indices = nearest_two(samples, train, prune=True)
+    assert torch.equal(indices, reference(samples, train)[1])

@@ -79,14 +79,17 @@ class ProjectedBound:
         Terms (u = float32 unit roundoff, all over (2 radius)^2 = 4 radius^2, the largest
         ||c_s|| + ||c_x|| squared): storing float64 coordinates in float32 (3u); the product
         ||c_x||^2 - 2 c_s.c_x plus ||c_s||^2 with k + 3 terms (gamma_(k+3) <= 1.01 (k + 3) u);
-        the final addition (u). The residual norm's float64 error (r^2 from ||z||^2 - ||a||^2,
-        cancellation included, errs by at most 2 (d + 2) u64 ||z||^2) moves each r by
-        sqrt(2 (d + 2) u64) ||z||, the bound by at most 4 radius times twice that. Doubled.
+        the final addition (u). The residual norm: each float64 a_i = V_i . z errs by at most
+        gamma_d ||z|| (||V_i|| = 1), so ||a||^2 by 2 sqrt(k) gamma_d ||z||^2, and r^2 = ||z||^2 -
+        ||a||^2 (cancellation included) by at most e = (2 sqrt(k) + 2) (d + 2) u64 ||z||^2; r then
+        errs by at most sqrt(e) (|sqrt(p) - sqrt(q)| <= sqrt(|p - q|)), and (r_s - r_x)^2, with
+        |r_s - r_x| <= 2 radius, by at most 8 radius sqrt(e) + 4 e. Doubled as a margin.
         """
         u32 = torch.finfo(torch.float32).eps / 2
         u64 = torch.finfo(torch.float64).eps / 2
         rounding = (4 + 1.01 * (self.dims + 3)) * u32 * 4 * radius**2
-        residual = 8 * radius**2 * (2 * (dim + 2) * u64) ** 0.5
+        residual_sq = (2 * self.dims**0.5 + 2) * (dim + 2) * u64 * radius**2
+        residual = 8 * radius * residual_sq**0.5 + 4 * residual_sq
         return 2 * (rounding + residual)
 
 
@@ -103,13 +106,14 @@ def _augmented_float32(coords: Tensor, sample_side: bool) -> Tensor:
     return out
 
 
-def _float32_relative_error(dim: int) -> float:
-    """|computed - exact| <= gamma * exact for a float32 squared distance over ``dim`` coordinates.
+def _relative_error(dtype: torch.dtype, dim: int) -> float:
+    """|computed - exact| <= gamma * exact for a squared distance over ``dim`` coordinates computed
+    in ``dtype`` from inputs that ``dtype`` holds exactly.
 
     Each term (x_j - s_j)^2 is rounded three times (difference, square, its addition) and all
     terms are non-negative, so the summation error, in any order, is relative to the result.
     """
-    u = torch.finfo(torch.float32).eps / 2
+    u = torch.finfo(dtype).eps / 2
     return (dim + 3) * u / (1 - (dim + 3) * u)
 
 
@@ -150,9 +154,12 @@ def pruned_nearest_two(
     train_side = _augmented_float32(coords_x, sample_side=False)
     sample_side = _augmented_float32(coords_s, sample_side=True)
     sample_sq = torch.linalg.vecdot(coords_s, coords_s).float()
-    gamma = _float32_relative_error(x.shape[1])
-    # float64 distances err by about d u64 of themselves; 1e-12 covers it for d up to ~10^4.
-    contender = (1 + gamma) / (1 - gamma) * (1 + 1e-12)
+    # The screening distances need inputs that float32 holds exactly (float32, float16, bfloat16).
+    screen = torch.float64 if torch.float64 in (s.dtype, x.dtype) else torch.float32
+    gamma = _relative_error(screen, x.shape[1])
+    # A float64 squared distance errs by at most (d + 1) u64 of itself; twice over, doubled.
+    float64_slack = 1 + 4 * (x.shape[1] + 1) * torch.finfo(torch.float64).eps / 2
+    contender = (1 + gamma) / (1 - gamma) * float64_slack
 
     best_d = torch.full((s.shape[0], 2), torch.inf, dtype=torch.float64)
     best_i = torch.zeros((s.shape[0], 2), dtype=torch.long)
@@ -164,9 +171,9 @@ def pruned_nearest_two(
         lower = product(sample_side[start : start + block], train_side).add_(sample_sq[start : start + block, None])
         seed_cols = lower.topk(seeds, dim=1, largest=False, sorted=False).indices.reshape(-1)
         seed_rows = torch.arange(sb.shape[0]).repeat_interleave(seeds)
-        seed_d = _pair_distances(sb, x, seed_rows, seed_cols, torch.float32).view(-1, seeds)
+        seed_d = _pair_distances(sb, x, seed_rows, seed_cols, screen).view(-1, seeds)
         # Two images lie within this of the sample, so the second-nearest does too.
-        upper = seed_d.kthvalue(2, dim=1).values.double() / (1 - gamma) * (1 + 1e-12) + margin
+        upper = seed_d.kthvalue(2, dim=1).values.double() / (1 - gamma) * float64_slack + margin
         threshold = (upper.float() * (1 + 2 * torch.finfo(torch.float32).eps))[:, None]
         # numpy's flatnonzero is several times faster than torch's nonzero on a sparse mask.
         flat = torch.from_numpy(np.flatnonzero(lower.numpy() <= threshold.numpy()))
@@ -176,8 +183,8 @@ def pruned_nearest_two(
         counts = torch.bincount(cand_rows, minlength=sb.shape[0])
         if (counts < 2).any():
             break  # only if rounding beat the margin: the full search decides these rows
-        # float32 distances of the candidates; float64 only for those within float32's error of the second.
-        approx = _pair_distances(sb, x, cand_rows, cand_cols, torch.float32)
+        # Screening distances of the candidates; float64 only for those within their error of the second.
+        approx = _pair_distances(sb, x, cand_rows, cand_cols, screen)
         second = approx[_first_two_per_row(cand_rows, approx, counts)[:, 1]]
         close = (approx.double() <= second.double()[cand_rows] * contender).nonzero(as_tuple=True)[0]
         close_rows, close_cols = cand_rows[close], cand_cols[close]
