@@ -117,11 +117,16 @@ def test_pruning_is_chosen_only_where_it_pays() -> None:
     assert not projected_bound.worth_pruning(torch.zeros(10_000, 784), torch.zeros(1000, 784))
 
 
-def test_pruned_search_of_float64_inputs_matches_float64() -> None:
-    gen = torch.Generator().manual_seed(6)
-    base = low_dimensional_images(300, gen).double()
-    # Differences far below float32's resolution: screening in float32 could not see them.
-    train = torch.cat([base, base[:50] + 1e-12])
-    samples = base[:40] + 1e-13
-    distances, indices = nearest_two(samples, train, prune=True)
-    assert torch.equal(indices, reference(samples, train)[1])
+def test_pruned_search_of_float64_inputs_is_not_misled_by_float32_rounding() -> None:
+    half = 2.0**-24  # half a float32 step at 1.0: values above 1 + half round up, below it down
+
+    def image(value: float) -> torch.Tensor:
+        return torch.tensor([value, 0.0, 0.0, 0.0], dtype=torch.float64)
+
+    sample = image(1 + half + 1e-15)[None]  # rounds up in float32
+    # Image 0 is the nearest, but rounds down; images 1 and 2 round with the sample, so float32
+    # would call them identical to it. Far images make the search prune.
+    train = torch.stack([image(1 + half - 1e-15), image(1 + 2 * half), image(1 + 2 * half + 1e-15)]
+                        + [image(-1.0 + 0.002 * i) for i in range(100)])
+    _, indices = nearest_two(sample, train, prune=True)
+    assert indices.tolist() == [[0, 1]] == reference(sample, train)[1].tolist()
