@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.measure import interleaved, median
+from benchmarks.measure import interleaved
 from benchmarks.registry import Config
 from benchmarks.report import Row
 from lightning_diff.metrics.fid import FID, INCEPTION_SIZE, WeightsNotFound, load_extractor, resolve_weights
@@ -80,16 +80,5 @@ def run(config: Config) -> list[Row]:
 
     times = interleaved({"ours": ours, "peer": peer}, device, repeats=settings["repeats"])
     count = settings["images"]
-    return [
-        Row(
-            "fid_embedding",
-            f"{count} images 64x64 -> 299, batch {settings['batch']}",
-            "images/s",
-            count / median(times["ours"]),
-            count / median(times["peer"]),
-            "bare network at 299",
-            None,
-            note=what,
-            extra={"ours_s": times["ours"], "peer_s": times["peer"]},
-        )
-    ]
+    case = f"{count} images 64x64 -> 299, batch {settings['batch']}"
+    return [Row.images_per_second("fid_embedding", case, count, times, "bare network at 299", what)]

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.measure import median
+
 
 @dataclass
 class Row:
@@ -40,6 +42,23 @@ class Row:
             return None
         op, bound = self.target
         return self.ratio <= bound if op == "<=" else self.ratio >= bound
+
+    @classmethod
+    def images_per_second(
+        cls, benchmark: str, case: str, images: int, times: dict[str, list[float]], peer_name: str, note: str
+    ) -> "Row":
+        """A throughput row from the seconds per repeat that ``interleaved`` timed for "ours" and "peer"."""
+        return cls(
+            benchmark,
+            case,
+            "images/s",
+            images / median(times["ours"]),
+            images / median(times["peer"]),
+            peer_name,
+            None,
+            note=note,
+            extra={"ours_s": times["ours"], "peer_s": times["peer"]},
+        )
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

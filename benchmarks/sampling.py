@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks import workloads
-from benchmarks.measure import interleaved, median
+from benchmarks.measure import interleaved
 from benchmarks.registry import Config
 from benchmarks.report import Row
 from lightning_diff.denoisers.conditioning import PerLevel
@@ -89,17 +89,9 @@ def measure(name: str, num_levels: int, settings: dict[str, Any], device: torch.
 
     times = interleaved({"ours": ours, "peer": peer}, device, repeats=settings["repeats"])
     calls = num_levels if name == "ddim" else 2 * num_levels - 1
-    return Row(
-        "sampling",
-        f"{name} {num_levels} levels ({calls} calls), UNet {'x'.join(map(str, shape))}, batch {batch}",
-        "images/s",
-        batch / median(times["ours"]),
-        batch / median(times["peer"]),
-        "plain loop",
-        None,
-        note=f"median of {settings['repeats']} after a warm-up",
-        extra={"ours_s": times["ours"], "peer_s": times["peer"]},
-    )
+    case = f"{name} {num_levels} levels ({calls} calls), UNet {'x'.join(map(str, shape))}, batch {batch}"
+    note = f"median of {settings['repeats']} after a warm-up"
+    return Row.images_per_second("sampling", case, batch, times, "plain loop", note)
 
 
 def run(config: Config) -> list[Row]:
