@@ -1,5 +1,5 @@
 # make run   - set up .venv from nothing and run the main job (offline, CPU is enough)
-# make test  - set up .venv from nothing and run the test suite
+# make test  - set up .venv (and, as root, the system packages) from nothing and run the test suite
 # make bench - set up .venv, add the benchmark peers (faiss-cpu, scikit-learn) and run python -m benchmarks
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,10 +9,23 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.lightning_diff-installed
 BENCH_STAMP := $(VENV)/.lightning_diff-bench-installed
+# Debian packages the tests use, installed with apt-get when make runs as root on Debian/Ubuntu:
+# dataset-fashion-mnist = the Fashion-MNIST files under /usr/share/datasets/fashion-mnist.
+# `make setup SYSTEM_PACKAGES=` installs none; tests that need a missing one skip with a hint.
+SYSTEM_PACKAGES ?= dataset-fashion-mnist
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench setup system clean
 
-setup: $(STAMP)
+setup: $(STAMP) system
+
+system:
+	@missing=$$(for package in $(SYSTEM_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "note: not installing system packages ($$(echo $$missing)): needs root and apt-get; tests that need them skip"; exit 0; fi; \
+	echo "installing system packages: $$(echo $$missing)"; \
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	  || echo "warning: apt-get could not install $$(echo $$missing); tests that need them skip"
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +38,7 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m lightning_diff.demo
 
-test: $(STAMP)
+test: setup
 	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
 
 # The peers the benchmarks compare against (the bench extra).

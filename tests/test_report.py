@@ -50,13 +50,13 @@ def report_config(*overrides: str):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
+def sweep(tmp_path_factory, fashion_stand_in) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for job, overrides in enumerate(SWEEP):
-            train(train_config(root / str(job), *overrides, *TINY))
+            train(train_config(root / str(job), *overrides, *TINY, f"data.root={fashion_stand_in}"))
     finally:
         torch.set_num_threads(threads)
     return root

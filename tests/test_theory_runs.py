@@ -12,7 +12,6 @@ import torch
 
 from conftest import require_system, train_config
 from lightning_diff.compose import build
-from lightning_diff.data.images import DEBIAN_FASHION_MNIST
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
@@ -106,7 +105,7 @@ def logged_values(path: Path, timeout_s: float = 60.0) -> dict:
 
 
 def test_theory_empirical_command_copies_fashion_mnist(tmp_path):
-    require_system("Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)", DEBIAN_FASHION_MNIST.is_dir())
+    require_system("fashion_mnist")
     theory = run(tmp_path, "theory_empirical")  # full size: N = 200 at 28x28, 500 samples
     assert theory["num_train"] == 200 and theory["num_samples"] == 500
     assert theory["copy_fraction_predicted_lower_bound"] >= 0.99

