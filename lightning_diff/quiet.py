@@ -17,6 +17,10 @@ NOISE_WARNINGS = (
         "local test cluster included; slurm/ runs every cluster job through srun",
     ),
     (
+        "`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer",
+        "closed-form families (empirical, Wiener, ridge) are fitted in setup and have nothing to optimize",
+    ),
+    (
         "`isinstance(treespec, LeafSpec)` is deprecated",
         "raised inside Lightning's own pytree helper by newer torch; nothing in this project uses LeafSpec",
     ),
