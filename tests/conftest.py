@@ -26,6 +26,21 @@ os.environ["LIGHTNING_DIFF_CACHE"] = tempfile.mkdtemp(prefix="lightning_diff_cac
 os.environ["LIGHTNING_DIFF_FID_FROM_PACKAGE"] = "0"
 os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parents[1]
+# Linear SGD on 8-D Gaussian data: deterministic, so DDP ranks must reproduce one process's weights.
+LINEAR_SGD = [
+    "denoiser=linear",
+    "denoiser.fit=sgd",
+    "data.dim=8",
+    "data.num_train=512",
+    "data.num_val=256",
+    "data.batch_size=64",
+    "trainer.max_steps=50",
+    "trainer.val_check_interval=25",
+    "trainer.log_every_n_steps=10",
+    "optimizer.lr=0.01",
+    "num_samples=16",
+    "callbacks.checkpoint_every_n_steps=20",
+]
 
 
 @pytest.fixture

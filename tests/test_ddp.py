@@ -9,27 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import train_config
+from conftest import LINEAR_SGD, train_config
 from lightning_diff.distributed import local_world_size
 from lightning_diff.errors import UserError
 from lightning_diff.rundir import checkpoint_path, wandb_run_id
 from lightning_diff.train import train
 from wandb_offline import offline_runs, run_record
 
-LINEAR_SGD = [
-    "denoiser=linear",
-    "denoiser.fit=sgd",
-    "data.dim=8",
-    "data.num_train=512",
-    "data.num_val=256",
-    "data.batch_size=64",
-    "trainer.max_steps=50",
-    "trainer.val_check_interval=25",
-    "trainer.log_every_n_steps=10",
-    "optimizer.lr=0.01",
-    "num_samples=16",
-    "callbacks.checkpoint_every_n_steps=20",
-]
 DDP_SPAWN = ["trainer.strategy=ddp_spawn", "trainer.devices=2"]
 
 

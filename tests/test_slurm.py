@@ -22,10 +22,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, require_system
+from conftest import LINEAR_SGD, REPO, require_system, train_config
 from lightning_diff.cli import CONF_DIR
 from lightning_diff.errors import UserError
 from lightning_diff.sweep import expand, run_overrides
+from lightning_diff.train import train
 from slurm_cluster import LocalSlurm
 from wandb_offline import offline_runs, run_record
 
@@ -382,20 +383,8 @@ def test_hydra_submitit_launcher_runs_each_variant_as_a_slurm_job(cluster, tmp_p
 
 # ---------------------------------------------------------------- two nodes (partition twonode)
 
-# Linear SGD on 8-D Gaussian data: deterministic, so two ranks must give one process's weights.
-LINEAR_SGD = [
-    "denoiser=linear",
-    "denoiser.fit=sgd",
-    "data.dim=8",
-    "data.num_train=512",
-    "data.num_val=256",
-    "data.batch_size=64",
-    "optimizer.lr=0.01",
-    "num_samples=16",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "++callbacks.measure.enabled=false",
-]
+# Linear SGD (deterministic), on the CPU, without the measuring callback (test_ddp.py covers it).
+TWO_NODE_RUN = [*LINEAR_SGD, "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "++callbacks.measure.enabled=false"]
 
 
 def two_node_job(cluster: LocalSlurm, tmp_path: Path, name: str, *overrides: str) -> tuple[str, Path, Path]:
@@ -410,8 +399,7 @@ def two_node_job(cluster: LocalSlurm, tmp_path: Path, name: str, *overrides: str
 
 @pytest.mark.slow
 def test_multinode_train_sbatch_spans_two_nodes_and_matches_one_process(cluster, tmp_path):
-    steps = ["trainer.max_steps=50", "trainer.val_check_interval=25", "callbacks.checkpoint_every_n_steps=20"]
-    job, log, run_dir = two_node_job(cluster, tmp_path, "ld_two_nodes", *LINEAR_SGD, *steps)
+    job, log, run_dir = two_node_job(cluster, tmp_path, "ld_two_nodes", *TWO_NODE_RUN)
     state = cluster.wait(job, timeout=300)[job]
     assert state["JobState"] == "COMPLETED", log_of(log)
     assert state["NumNodes"] == "2" and state["NodeList"] == "ld-node[1-2]"
@@ -422,10 +410,7 @@ def test_multinode_train_sbatch_spans_two_nodes_and_matches_one_process(cluster,
     assert summary["global_step"] == 50
 
     # The same global batch in one process (data.batch_size is global; each node took half).
-    from conftest import train_config
-    from lightning_diff.train import train
-
-    single = train(train_config(tmp_path / "single", *LINEAR_SGD, *steps))
+    single = train(train_config(tmp_path / "single", *TWO_NODE_RUN))
     assert single["world_size"] == 1
     two = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     one = torch.load(tmp_path / "single" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -439,7 +424,7 @@ def test_multinode_train_sbatch_spans_two_nodes_and_matches_one_process(cluster,
 def test_a_requeued_multinode_job_resumes_in_the_same_run_directory(cluster, tmp_path):
     max_steps = 400
     job, log, run_dir = two_node_job(
-        cluster, tmp_path, "ld_two_requeue", *LINEAR_SGD, f"trainer.max_steps={max_steps}",
+        cluster, tmp_path, "ld_two_requeue", *TWO_NODE_RUN, f"trainer.max_steps={max_steps}",
         "trainer.val_check_interval=5000", "callbacks.checkpoint_every_n_steps=25",
     )
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
