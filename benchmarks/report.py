@@ -2,13 +2,12 @@
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import median
+from lightning_diff.run.atomic import atomic_write_text
 
 
 @dataclass
@@ -97,8 +96,4 @@ def table(rows: list[Row]) -> str:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` atomically, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(handle.name, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightning_diff.cli import compose_or_explain, exit_on_user_error
 from lightning_diff.compose import build
-from lightning_diff.images import save_grid
+from lightning_diff.figures.grids import save_grid
 from lightning_diff.metrics.nearest import copy_fraction
+from lightning_diff.run.cli import compose_or_explain, exit_on_user_error
 from lightning_diff.train import train
 
 

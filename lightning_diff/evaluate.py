@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build, plain
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
@@ -32,7 +31,8 @@ from lightning_diff.metrics.fid import WeightsNotFound
 from lightning_diff.metrics.suite import MetricSuite, fid_source
 from lightning_diff.module import sample_seeds
 from lightning_diff.progress import with_progress
-from lightning_diff.rundir import wandb_run_id, write_json_atomic
+from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
+from lightning_diff.run.rundir import wandb_run_id, write_json_atomic
 from lightning_diff.sample import load_denoiser
 
 DEFAULT_PROJECT = "lightning_diff"

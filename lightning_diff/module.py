@@ -8,12 +8,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_diff.checkpoint import CONFIG_KEY
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.objective import DiffusionObjective
 from lightning_diff.diffusion.samplers import Sampler
 from lightning_diff.errors import NonFiniteLossError, UserError
+from lightning_diff.run.checkpoint import CONFIG_KEY
 from lightning_diff.seeding import derive_seed
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]

@@ -23,12 +23,12 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 
-from lightning_diff.cache import CACHE_ENV, cache_dir, copy_verified, download, file_digest, matches, split_checksum
-from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import plain
 from lightning_diff.data.images import CelebADataModule, CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, default_weights_path, package_file, resolve_weights, source_kind
+from lightning_diff.run.cache import CACHE_ENV, cache_dir, copy_verified, download, file_digest, matches, split_checksum
+from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 
 DATASETS_SUBDIR = "datasets"
 

@@ -1,7 +1,7 @@
 """``python -m lightning_diff.report sweep=DIR`` (or ``wandb_group=GROUP``): the study's answer as
 one table and one figure.
 
-For every run of a sweep (see :mod:`lightning_diff.study`) the table gives its name and data
+For every run of a sweep (see :mod:`lightning_diff.run.study`) the table gives its name and data
 half, parameter count, final validation loss (mean and per level, lowest noise first), the
 memorized fraction (d1 / d2 < 1/3) and median d1 of its final measurement, FID where measured
 (``fid@<n>``: n samples), the two-model agreement where both halves of the variant were run
@@ -24,13 +24,13 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from lightning_diff.callbacks.figures import study_grid
-from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build
 from lightning_diff.errors import UserError
+from lightning_diff.figures.grids import study_grid
 from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.nearest import nearest_two
-from lightning_diff.study import Run, halves, runs_in_directory, runs_in_wandb_group
+from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
+from lightning_diff.run.study import Run, halves, runs_in_directory, runs_in_wandb_group
 
 FIXED_COLUMNS = (
     "variant",

@@ -13,15 +13,15 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lightning_diff.checkpoint import load_checkpoint, run_config
-from lightning_diff.checks import check_integer
-from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build, grid_from
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.module import sample_seeds
-from lightning_diff.rundir import save_samples
+from lightning_diff.run.checkpoint import load_checkpoint, run_config
+from lightning_diff.run.checks import check_integer
+from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
+from lightning_diff.run.rundir import save_samples
 
 WEIGHTS = {"ema": "state_dict", "raw": "current_model_state"}
 

@@ -20,8 +20,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_diff.cli import exit_on_user_error
 from lightning_diff.errors import UserError
+from lightning_diff.run.cli import exit_on_user_error
 
 
 def sweep_params(path: Path) -> list[str]:

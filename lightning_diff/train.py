@@ -1,7 +1,7 @@
 """``python -m lightning_diff.train <hydra overrides>``: train or fit one denoiser.
 
 ``train(cfg)`` is a plain function (tests call it); :func:`main` wraps it with Hydra. The run
-directory layout is described in :mod:`lightning_diff.rundir`.
+directory layout is described in :mod:`lightning_diff.run.rundir`.
 """
 
 import time
@@ -20,17 +20,17 @@ from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.callbacks.measure import Measure
 from lightning_diff.callbacks.progress import ProgressLines
 from lightning_diff.callbacks.requeue import slurm_requeue
-from lightning_diff.checkpoint import AtomicCheckpointIO, load_checkpoint
-from lightning_diff.checks import check_run_settings
-from lightning_diff.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.compose import build, grid_from, objective_from, plain
 from lightning_diff.diffusion.samplers import make_sampler
-from lightning_diff.distributed import node_names, run_ranks, spawns_ranks
 from lightning_diff.errors import UserError
 from lightning_diff.module import DiffusionModule, WarmupCosine, sample_seeds
 from lightning_diff.progress import interactive
-from lightning_diff.quiet import quiet_third_party
-from lightning_diff.rundir import checkpoint_path, save_samples, wandb_run_id, write_json_atomic
+from lightning_diff.run.checkpoint import AtomicCheckpointIO, load_checkpoint
+from lightning_diff.run.checks import check_run_settings
+from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
+from lightning_diff.run.distributed import node_names, run_ranks, spawns_ranks
+from lightning_diff.run.quiet import quiet_third_party
+from lightning_diff.run.rundir import checkpoint_path, save_samples, wandb_run_id, write_json_atomic
 
 
 def _logger(cfg: DictConfig, run_dir: Path) -> Any:

@@ -15,9 +15,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lightning_diff.cli import CONF_DIR
 from lightning_diff.data.images import DEBIAN_FASHION_MNIST
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
+from lightning_diff.run.cli import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 # Tests never see a user's cache (where prefetch may have put FID weights) nor the weights an

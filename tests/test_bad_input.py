@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import run_module, train_config
-from lightning_diff.cache import file_digest
-from lightning_diff.checkpoint import load_checkpoint
 from lightning_diff.errors import NonFiniteLossError, UserError
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS
+from lightning_diff.run.cache import file_digest
+from lightning_diff.run.checkpoint import load_checkpoint
 from lightning_diff.train import train
 
 

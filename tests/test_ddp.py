@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import LINEAR_SGD, train_config
-from lightning_diff.distributed import local_world_size
 from lightning_diff.errors import UserError
-from lightning_diff.rundir import checkpoint_path, wandb_run_id
+from lightning_diff.run.distributed import local_world_size
+from lightning_diff.run.rundir import checkpoint_path, wandb_run_id
 from lightning_diff.train import train
 from wandb_offline import offline_runs, run_record
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_diff.compose import build as compose_build
 from lightning_diff.denoisers.conditioning import Blind, PerLevel
 from lightning_diff.denoisers.dit import DiT, build
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.process import add_noise
-from lightning_diff.compose import build as compose_build
 from lightning_diff.errors import UserError
 from lightning_diff.seeding import generator
 

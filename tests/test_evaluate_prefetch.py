@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from test_measure_callback import history_rows
 
 from conftest import require_system, run_module, train_config
-from lightning_diff.cli import CONF_DIR
 from lightning_diff.compose import build
 from lightning_diff.data.images import DEBIAN_FASHION_MNIST
 from lightning_diff.errors import UserError
 from lightning_diff.evaluate import evaluate
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file, resolve_weights
 from lightning_diff.prefetch import prefetch
+from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.train import train
-from test_measure_callback import history_rows
 
 DIGITS = ["data=digits", "data.num_train=60", "data.num_val=20"]
 

@@ -13,6 +13,7 @@ import torchvision.datasets.celeba
 import torchvision.datasets.cifar
 from PIL import Image
 
+from conftest import require_system
 from lightning_diff.data import images as image_data
 from lightning_diff.data.idx import read_idx
 from lightning_diff.data.images import (
@@ -26,7 +27,6 @@ from lightning_diff.data.images import (
     resize_and_crop,
 )
 from lightning_diff.errors import UserError
-from conftest import require_system
 
 
 def fashion_available() -> None:

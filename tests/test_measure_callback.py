@@ -13,10 +13,10 @@ from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
 from conftest import require_system, train_config
-from lightning_diff.cache import file_digest
 from lightning_diff.callbacks.measure import TABLE_COLUMNS
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
+from lightning_diff.run.cache import file_digest
 from lightning_diff.train import train
 
 BLOCK = 32 * 1024  # LevelDB log framing of run-*.wandb: 32 KiB blocks, 7-byte record headers

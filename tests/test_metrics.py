@@ -15,7 +15,6 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from conftest import require_system
-from lightning_diff.cache import file_digest
 from lightning_diff.data.images import FashionMNISTDataModule
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.agreement import TwoModelAgreement
@@ -32,6 +31,7 @@ from lightning_diff.metrics.fid import (
 )
 from lightning_diff.metrics.memorization import Memorization
 from lightning_diff.metrics.nearest import nearest_two
+from lightning_diff.run.cache import file_digest
 
 FID_IMAGES = 200  # per Fashion-MNIST subset; Inception embeds ~6 images/s on 2 cores
 NOISE_IMAGES = 32

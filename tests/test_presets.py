@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import REPO, train_config
-from lightning_diff.cli import CONF_DIR
+from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.sweep import expand
 from lightning_diff.train import train
 

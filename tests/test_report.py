@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from conftest import run_module, train_config
-from lightning_diff.callbacks.figures import LABEL_WIDTH, PADDING, PAIR_PADDING, display_side
-from lightning_diff.cli import CONF_DIR
 from lightning_diff.errors import UserError
+from lightning_diff.figures.grids import LABEL_WIDTH, PADDING, PAIR_PADDING, display_side
 from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.report import report
-from lightning_diff.study import halves, runs_in_directory, runs_in_wandb_group
+from lightning_diff.run.cli import CONF_DIR
+from lightning_diff.run.study import halves, runs_in_directory, runs_in_wandb_group
 from lightning_diff.train import train
 
 TINY = [

@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import LINEAR_SGD, REPO, require_system, train_config
-from lightning_diff.cli import CONF_DIR
 from lightning_diff.errors import UserError
+from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.sweep import expand, run_overrides
 from lightning_diff.train import train
 from slurm_cluster import LocalSlurm

@@ -17,12 +17,12 @@ from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.module import sample_seeds
+from lightning_diff.seeding import generator
 from lightning_diff.theory.check import MomentPairCheck
 from lightning_diff.theory.empirical import copy_failure_bound
 from lightning_diff.theory.linear import GaussianPrediction, probability_flow_variance, sampler_response
 from lightning_diff.theory.moments import moment_gap, moment_matched_pair, skewed_base, split_polygons
 from lightning_diff.theory.support import DecoderImage, distance_to_set, distance_to_subspace
-from lightning_diff.seeding import generator
 
 GRID = make_grid(10)
 

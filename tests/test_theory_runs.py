@@ -22,7 +22,6 @@ from lightning_diff.theory.linear import GaussianPrediction
 from lightning_diff.train import train
 from wandb_offline import offline_runs, records
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -10,7 +10,6 @@ from lightning_diff.denoisers.unet import NORMS, PADDING_MODES, UNet, build, pap
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.errors import UserError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

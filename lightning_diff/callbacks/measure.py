@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from lightning_diff.callbacks.ema import EMA, ema_weights
-from lightning_diff.callbacks.figures import nearest_grid, sample_grid
 from lightning_diff.compose import plain
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
+from lightning_diff.figures.grids import nearest_grid, sample_grid
 from lightning_diff.metrics.fid import FeatureSource, WeightsNotFound
 from lightning_diff.metrics.memorization import NearestNeighbours
 from lightning_diff.metrics.suite import MetricSuite, fid_source, metric_names

@@ -6,6 +6,7 @@ Samplers walk a grid from its largest level to its smallest.
 """
 
 import math
+
 import torch
 from torch import Tensor
 

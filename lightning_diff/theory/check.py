@@ -20,10 +20,10 @@ from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
+from lightning_diff.figures import plots
 from lightning_diff.metrics.nearest import COPY_RATIO, nearest_two
 from lightning_diff.module import sample_seeds
 from lightning_diff.seeding import generator
-from lightning_diff.theory import figures
 from lightning_diff.theory.empirical import copy_failure_bound, expected_distinct
 from lightning_diff.theory.linear import GaussianPrediction
 from lightning_diff.theory.moments import attach_polygon, moment_gap, moment_matched_pair, split_polygons
@@ -106,7 +106,7 @@ class LinearGaussianCheck(TheoryCheck):
             result["energy_outside_subspace_predicted"] = 0.0
             result["energy_outside_subspace_measured"] = prediction.energy_outside_support(samples)
         if self.figure:
-            path = figures.variance_figure(
+            path = plots.variance_figure(
                 self.figure_path(run_dir), prediction.eigvals, prediction.variances, measured, sampler_name, kept
             )
             result["figure"] = str(path)
@@ -171,7 +171,7 @@ class DecoderImageCheck(TheoryCheck):
         }
         flat_dim = samples.reshape(samples.shape[0], -1).shape[1]
         if self.figure and image.code_dim == 1 and flat_dim == 2:
-            path = figures.support_figure(
+            path = plots.support_figure(
                 self.figure_path(run_dir),
                 train_data.reshape(-1, 2),
                 samples.reshape(-1, 2),
@@ -284,7 +284,7 @@ class MomentPairCheck(TheoryCheck):
             "sample_std": float(samples.reshape(samples.shape[0], -1).std(dim=0).mean()),
         }
         if self.figure and member.shape[1] == 2:
-            path = figures.pair_figure(
+            path = plots.pair_figure(
                 self.figure_path(run_dir),
                 {"run's training set": member, "matched partner": partner},
                 {
@@ -335,7 +335,7 @@ class CopyCheck(TheoryCheck):
             "distinct_training_points_expected_uniform": expected_distinct(num_train, count),
         }
         if self.figure:
-            path = figures.ratio_figure(
+            path = plots.ratio_figure(
                 self.figure_path(run_dir),
                 ratio,
                 COPY_RATIO,

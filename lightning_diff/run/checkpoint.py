@@ -1,14 +1,12 @@
 """Checkpoints that are written atomically and read without running code.
 
-Writing goes to a temporary file in the same directory, is fsynced, then renamed over the
-target: a crash mid-write leaves the previous checkpoint intact. Reading always uses
+Writing goes through :func:`~lightning_diff.run.atomic.atomic_write`: a crash mid-write leaves
+the previous checkpoint intact. Reading always uses
 ``torch.load(weights_only=True)``, which refuses pickled objects that could run code, so a
 checkpoint from a colleague is safe to open; the run's config is stored as plain data.
 """
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +14,14 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_diff.errors import UserError
+from lightning_diff.run.atomic import atomic_write
 
 CONFIG_KEY = "lightning_diff"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a checkpoint gets normal file permissions
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to ``path``, written whole or not at all."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The finished runs of a study, read back for comparison: one :class:`Run` per training run.
 
 Runs come from a sweep directory (a Hydra multirun directory, a SLURM array's group directory,
-or any folder: every ``run.json`` below it is one run, see :mod:`lightning_diff.rundir`) or
+or any folder: every ``run.json`` below it is one run, see :mod:`lightning_diff.run.rundir`) or
 from a W&B group through ``wandb.Api`` (network needed; the samples are used where the run
 directory is on this machine). A run is named by its ``variant`` (the presets in
 ``conf/experiment/paper/unet/`` set it) or else by the Hydra overrides that set it apart from

@@ -13,11 +13,12 @@
 import json
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lightning_diff.run.atomic import atomic_write, atomic_write_text
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -25,13 +26,8 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
+    """Write JSON whole or not at all, so readers never see half a file."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -43,28 +39,16 @@ def wandb_run_id(run_dir: Path) -> str:
     """
     path = run_dir / "wandb_run_id"
     if not path.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".wandb_run_id.", dir=run_dir)
-        with os.fdopen(fd, "w") as handle:
-            handle.write((os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)) + "\n")
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
+        chosen = (os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)) + "\n"
+        atomic_write(path, lambda handle: handle.write(chosen.encode()), exclusive=True)
     return path.read_text().strip()
 
 
 def save_samples(path: Path, samples: np.ndarray, levels: list[float], seeds: list[int]) -> None:
     """``samples`` plus the grid sampled along (descending, as used) and the per-sample seeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        np.savez(
-            handle,
-            samples=samples,
-            levels=np.asarray(levels, dtype=np.float64),
-            seeds=np.asarray(seeds, dtype=np.uint64),
-        )
-    os.replace(tmp, path)
+    arrays = {
+        "samples": samples,
+        "levels": np.asarray(levels, dtype=np.float64),
+        "seeds": np.asarray(seeds, dtype=np.uint64),
+    }
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))

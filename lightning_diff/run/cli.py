@@ -13,11 +13,11 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig
 
 from lightning_diff.errors import UserError
-from lightning_diff.quiet import quiet_third_party
+from lightning_diff.run.quiet import quiet_third_party
 
 T = TypeVar("T")
 
-CONF_DIR = os.environ.get("LIGHTNING_DIFF_CONF", str(Path(__file__).resolve().parents[1] / "conf"))
+CONF_DIR = os.environ.get("LIGHTNING_DIFF_CONF", str(Path(__file__).resolve().parents[2] / "conf"))
 
 
 def exit_on_user_error(action: Callable[[], T]) -> T:

@@ -14,14 +14,15 @@ convention of torch hub file names (``weights-...-6726825d.pth``).
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
 from lightning_diff.errors import UserError
+from lightning_diff.run.atomic import atomic_write
 
 CACHE_ENV = "LIGHTNING_DIFF_CACHE"
 ALGORITHMS = ("sha256", "md5")
@@ -74,50 +75,38 @@ def verify(path: Path, checksum: str, what: str, fix: str) -> None:
 
 
 def download(url: str, dest: Path, checksum: str, what: str, timeout_s: float = 60.0) -> Path:
-    """Fetch ``url`` into ``dest`` through a temporary file; keep it only if its checksum matches.
+    """Fetch ``url`` into ``dest``, kept only if its checksum matches (the cache never holds a bad file)."""
 
-    A wrong checksum deletes the download and raises, so the cache never holds a bad file.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False, delay=2) as bar:
-                        while block := response.read(_BLOCK):
-                            handle.write(block)
-                            bar.update(len(block))
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                raise UserError(
-                    f"could not download {what} from {url} ({err}); run this on a machine with network, or point "
-                    "the URL at a mirror you can reach"
-                ) from err
-        if not matches(Path(tmp), checksum):
+    def fetch(handle: BinaryIO) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False, delay=2) as bar:
+                    while block := response.read(_BLOCK):
+                        handle.write(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise UserError(
+                f"could not download {what} from {url} ({err}); run this on a machine with network, or point "
+                "the URL at a mirror you can reach"
+            ) from err
+
+    def refuse_a_mismatch(fetched: Path) -> None:
+        if not matches(fetched, checksum):
             algorithm, expected = split_checksum(checksum)
             raise UserError(
-                f"refused the download of {what} from {url}: its {algorithm} is {file_digest(Path(tmp), algorithm)}, "
+                f"refused the download of {what} from {url}: its {algorithm} is {file_digest(fetched, algorithm)}, "
                 f"expected {expected}; the server sent a different or damaged file (nothing was written to {dest}); "
                 "use the official URL or a faithful mirror"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(dest, fetch, verify=refuse_a_mismatch)
     return dest
 
 
 def copy_verified(source: Path, dest: Path, checksum: str, what: str) -> Path:
     """Copy a local file into the cache after checking its checksum."""
     verify(source, checksum, what, "reinstall the package that ships it, or download the file instead")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open(source, "rb") as handle:
+        atomic_write(dest, lambda out: shutil.copyfileobj(handle, out, _BLOCK))
     return dest

@@ -1,4 +1,7 @@
-"""Pictures of a measurement, as uint8 arrays (H, W, 3) ready for W&B or a PNG file."""
+"""Image grids of samples (and their nearest training images), as uint8 arrays (H, W, 3) ready
+for W&B or a PNG file, or saved as one."""
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,3 +81,11 @@ def study_grid(labels: list[str], samples: list[Tensor], nearest: list[Tensor]) 
     for row, label in enumerate(labels):
         draw.multiline_text((4, PADDING + row * row_height + 2), label, fill="black", font=font)
     return np.array(canvas)
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] as one PNG grid (enlarged so small images are visible)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sample_grid(images, nrow=nrow)).save(path)
+    return path

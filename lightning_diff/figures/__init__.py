@@ -1,0 +1,1 @@
+"""Pictures for people: image grids (samples, nearest neighbours, the study) and the theory plots."""
