@@ -23,17 +23,17 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_diff.compose import build, plain
+from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.grids import NoiseGrid
-from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.fid import WeightsNotFound
 from lightning_diff.metrics.suite import MetricSuite, fid_source
-from lightning_diff.module import sample_seeds
 from lightning_diff.progress import with_progress
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import wandb_run_id, write_json_atomic
 from lightning_diff.sample import load_denoiser
+from lightning_diff.seeding import sample_seeds
 
 DEFAULT_PROJECT = "lightning_diff"
 
@@ -65,23 +65,23 @@ def read_samples(path: str | Path) -> torch.Tensor:
     return samples
 
 
-def draw_samples(cfg: DictConfig, ckpt: str | Path, count: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def checkpoint_samples(cfg: DictConfig, ckpt: str | Path, count: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """``count`` samples of a checkpoint from the seeds ``derive_seed(cfg.seed, i)``, and its stored description."""
     denoiser, info = load_denoiser(ckpt, cfg.weights)
     run_sampler = info["config"]["sampler"]
-    sampler = make_sampler(cfg.sampler.name if cfg.get("sampler") else run_sampler["name"])
-    batch_size = int(cfg.sampler.batch_size if cfg.get("sampler") else run_sampler["batch_size"])
     device = torch.device(cfg.device)
-    samples = sampler.sample(
+    samples = draw_samples(
         denoiser.to(device),
         NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64)),
         info["data_shape"],
         sample_seeds(int(cfg.seed), count),
-        batch_size=batch_size,
+        sampler=cfg.sampler.name if cfg.get("sampler") else run_sampler["name"],
+        batch_size=int(cfg.sampler.batch_size if cfg.get("sampler") else run_sampler["batch_size"]),
+        is_image=info["is_image"],
         device=device,
         progress=bool(cfg.progress),
     )
-    return (samples.clamp(-1, 1) if info["is_image"] else samples), info
+    return samples, info
 
 
 def _agreement(cfg: DictConfig, samples: torch.Tensor) -> dict[str, float]:
@@ -89,7 +89,7 @@ def _agreement(cfg: DictConfig, samples: torch.Tensor) -> dict[str, float]:
     if other_path.suffix == ".npz":
         other = read_samples(other_path)
     else:
-        other, _ = draw_samples(cfg, other_path, samples.shape[0])
+        other, _ = checkpoint_samples(cfg, other_path, samples.shape[0])
     if other.shape != samples.shape:
         raise UserError(
             f"compare={other_path} gives samples of shape {tuple(other.shape)}, these are {tuple(samples.shape)}; "
@@ -110,7 +110,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt") is not None:
         if count < 1:
             raise UserError(f"num_samples={count} must be at least 1")
-        samples, info = draw_samples(cfg, cfg.ckpt, count)
+        samples, info = checkpoint_samples(cfg, cfg.ckpt, count)
         data_config = plain(cfg.data) if cfg.get("data") else info["config"]["data"]
         project = (info["config"].get("logger") or {}).get("project") or project
     else:

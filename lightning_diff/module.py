@@ -1,20 +1,18 @@
 """DiffusionModule: a denoiser plus the shared objective, and nothing family-specific."""
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.denoisers.contract import Denoiser
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.objective import DiffusionObjective
-from lightning_diff.diffusion.samplers import Sampler
 from lightning_diff.errors import NonFiniteLossError, UserError
 from lightning_diff.run.checkpoint import CONFIG_KEY
-from lightning_diff.seeding import derive_seed
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -39,16 +37,11 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def sample_seeds(seed: int, count: int, first: int = 0) -> list[int]:
-    """Per-sample seeds: sample i of a run with ``seed`` always gets the same noise."""
-    return [derive_seed(seed, i) for i in range(first, first + count)]
-
-
 class DiffusionModule(L.LightningModule):
     """Trains (or fits) ``denoiser`` with ``objective``; logs a per-level validation loss.
 
     Args:
-        denoiser: any ``D(y, t) -> x0_hat`` module.
+        denoiser: any family's :class:`~lightning_diff.denoisers.contract.Denoiser`.
         objective: the shared diffusion objective (grid, level sampling, weighting).
         optimizer: factory called with the parameters (a Hydra ``_partial_`` optimizer).
         seed: seeds every step's levels and noise (with the step index).
@@ -58,7 +51,7 @@ class DiffusionModule(L.LightningModule):
 
     def __init__(
         self,
-        denoiser: nn.Module,
+        denoiser: Denoiser,
         objective: DiffusionObjective,
         optimizer: OptimizerFactory | None = None,
         schedule: WarmupCosine | None = None,
@@ -84,7 +77,7 @@ class DiffusionModule(L.LightningModule):
         return self.denoiser(y, t)
 
     def setup(self, stage: str) -> None:
-        if isinstance(self.denoiser, ClosedFormDenoiser) and not bool(self.denoiser.fitted):
+        if self.denoiser.needs_fitting:
             datamodule = self.trainer.datamodule
             device = self.trainer.strategy.root_device
             self.denoiser.to(device)
@@ -168,30 +161,5 @@ class DiffusionModule(L.LightningModule):
         checkpoint[CONFIG_KEY] = self.run_info
 
     def num_parameters(self) -> int:
-        """Numbers that define the denoiser: all parameters (all K networks in per-level mode)
-        plus, for closed-form families, the fitted buffers (for the memorizer: its data)."""
-        count = sum(p.numel() for p in self.denoiser.parameters())
-        for module in self.denoiser.modules():
-            if isinstance(module, ClosedFormDenoiser):
-                count += sum(b.numel() for name, b in module.named_buffers(recurse=False) if name != "fitted")
-        return count
-
-    @torch.no_grad()
-    def generate(
-        self, sampler: Sampler, seeds: Sequence[int], grid: NoiseGrid | None = None, batch_size: int = 256, progress: bool = False
-    ) -> Tensor:
-        """Samples from the current weights in eval mode, one per seed."""
-        was_training = self.denoiser.training
-        self.denoiser.eval()
-        try:
-            return sampler.sample(
-                self.denoiser,
-                grid or self.grid,
-                self.run_info["data_shape"],
-                seeds,
-                batch_size=batch_size,
-                device=self.device,
-                progress=progress,
-            )
-        finally:
-            self.denoiser.train(was_training)
+        """The numbers that define the denoiser (see :meth:`Denoiser.num_parameters`)."""
+        return self.denoiser.num_parameters()

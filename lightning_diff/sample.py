@@ -14,14 +14,15 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_diff.compose import build, grid_from
+from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
-from lightning_diff.module import sample_seeds
 from lightning_diff.run.checkpoint import load_checkpoint, run_config
 from lightning_diff.run.checks import check_integer
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import save_samples
+from lightning_diff.seeding import sample_seeds
 
 WEIGHTS = {"ema": "state_dict", "raw": "current_model_state"}
 
@@ -48,8 +49,7 @@ def sample(cfg: DictConfig) -> Path:
     """Write the samples ``cfg`` asks for; returns the output path."""
     denoiser, info = load_denoiser(cfg.ckpt, cfg.weights)
     run_cfg = info["config"]
-    sampler_name = cfg.sampler.name if cfg.get("sampler") else run_cfg["sampler"]["name"]
-    sampler = make_sampler(sampler_name)
+    sampler = make_sampler(cfg.sampler.name if cfg.get("sampler") else run_cfg["sampler"]["name"])
     if cfg.num_levels is None:
         grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
     else:
@@ -60,11 +60,10 @@ def sample(cfg: DictConfig) -> Path:
     seeds = sample_seeds(int(cfg.seed), count)
     batch_size = int(cfg.sampler.batch_size) if cfg.get("sampler") else int(run_cfg["sampler"]["batch_size"])
     device = torch.device(cfg.device)
-    samples = sampler.sample(
-        denoiser.to(device), grid, info["data_shape"], seeds, batch_size=batch_size, device=device, progress=cfg.progress
+    samples = draw_samples(
+        denoiser.to(device), grid, info["data_shape"], seeds, sampler=sampler.name, batch_size=batch_size,
+        is_image=info["is_image"], device=device, progress=cfg.progress,
     )
-    if info["is_image"]:
-        samples = samples.clamp(-1, 1)
     out = Path(cfg.out)
     save_samples(out, samples.numpy(), grid.levels.tolist()[::-1], seeds)
     print(f"wrote {count} samples ({sampler.name}, {len(grid)} levels) to {out}")

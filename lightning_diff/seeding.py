@@ -26,3 +26,8 @@ def generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generato
     gen = torch.Generator(device=device)
     gen.manual_seed(derive_seed(*parts))
     return gen
+
+
+def sample_seeds(seed: int, count: int, first: int = 0) -> list[int]:
+    """Per-sample seeds: sample i of a run with ``seed`` always gets the same noise."""
+    return [derive_seed(seed, i) for i in range(first, first + count)]

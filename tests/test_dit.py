@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lightning_diff.compose import build as compose_build
-from lightning_diff.denoisers.conditioning import Blind, PerLevel
+from lightning_diff.denoisers.conditioning import Blind, Conditioned, PerLevel
 from lightning_diff.denoisers.dit import DiT, build
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.process import add_noise
@@ -56,8 +56,8 @@ def test_modes_build_the_right_networks() -> None:
     blind = build((1, 8, 8), GRID, conditioning="blind", **SMALL)
     assert isinstance(blind, Blind) and blind.net.time_embedding is None
     conditioned = build((1, 8, 8), GRID, conditioning="conditioned", **SMALL)
-    assert isinstance(conditioned, DiT) and conditioned.time_embedding is not None
-    assert conditioned.constant is None
+    assert isinstance(conditioned, Conditioned) and isinstance(conditioned.net, DiT)
+    assert conditioned.net.time_embedding is not None and conditioned.net.constant is None
 
 
 def test_conditioned_output_depends_on_t_and_blind_does_not() -> None:

@@ -10,8 +10,8 @@ from lightning_diff.denoisers.empirical import EmpiricalDenoiser
 from lightning_diff.denoisers.linear import WienerDenoiser
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
-from lightning_diff.module import sample_seeds
 from lightning_diff.sample import load_denoiser
+from lightning_diff.seeding import sample_seeds
 from lightning_diff.train import train
 
 

@@ -16,8 +16,7 @@ from lightning_diff.denoisers.polynomial import build as build_polynomial
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
-from lightning_diff.module import sample_seeds
-from lightning_diff.seeding import generator
+from lightning_diff.seeding import generator, sample_seeds
 from lightning_diff.theory.check import MomentPairCheck
 from lightning_diff.theory.empirical import copy_failure_bound
 from lightning_diff.theory.linear import GaussianPrediction, probability_flow_variance, sampler_response

@@ -16,8 +16,8 @@ from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.nearest import copy_fraction
-from lightning_diff.module import sample_seeds
 from lightning_diff.sample import load_denoiser
+from lightning_diff.seeding import sample_seeds
 from lightning_diff.theory.linear import GaussianPrediction
 from lightning_diff.train import train
 from wandb_offline import offline_runs, records

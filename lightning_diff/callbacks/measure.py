@@ -20,14 +20,16 @@ from torch import Tensor
 
 from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.compose import plain
+from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import nearest_grid, sample_grid
 from lightning_diff.metrics.fid import FeatureSource, WeightsNotFound
 from lightning_diff.metrics.memorization import NearestNeighbours
 from lightning_diff.metrics.suite import MetricSuite, fid_source, metric_names
-from lightning_diff.module import DiffusionModule, sample_seeds
+from lightning_diff.module import DiffusionModule
 from lightning_diff.progress import with_progress
+from lightning_diff.seeding import sample_seeds
 
 PREFIX = "measure/"
 TABLE_COLUMNS = ["index", "seed", "d1", "d2", "ratio", "memorized", "nearest_index", "second_index"]
@@ -68,10 +70,11 @@ class Measure(L.Callback):
         seed: int,
         ema: EMA | None = None,
     ) -> None:
-        self.every_n_steps = int(settings.get("every_n_steps", 0))
-        self.num_samples = int(settings.get("num_samples", 64))
-        self.batch_size = int(settings.get("batch_size", 64))
-        self.grid_size = int(settings.get("grid_size", 16))
+        # Defaults live in conf/callbacks/default.yaml only: every key is required here.
+        self.every_n_steps = int(settings["every_n_steps"])
+        self.num_samples = int(settings["num_samples"])
+        self.batch_size = int(settings["batch_size"])
+        self.grid_size = int(settings["grid_size"])
         if self.every_n_steps < 0 or self.num_samples < 2 or self.batch_size < 1 or self.grid_size < 0:
             raise UserError(
                 "callbacks.measure needs every_n_steps >= 0 (0: only at the end), num_samples >= 2, batch_size >= 1 "
@@ -79,10 +82,11 @@ class Measure(L.Callback):
             )
         metric_names(settings)
         self.train = train
+        self.data_shape = tuple(train.shape[1:])
         self.is_image = is_image
         self.data_config = dict(data_config)
         self.settings = dict(settings)
-        self.sampler = make_sampler(sampler)
+        self.sampler = make_sampler(sampler).name  # checked now, drawn with by name
         self.seed = seed
         self.ema = ema
         # Resolved (and checksum-verified) now, so a bad weights file stops the run before training.
@@ -147,9 +151,10 @@ class Measure(L.Callback):
         with averaged:
             for start in bar:
                 stop = min(start + self.batch_size, last)
-                samples = pl_module.generate(self.sampler, seeds[start:stop], batch_size=self.batch_size)
-                if self.is_image:
-                    samples = samples.clamp(-1, 1)
+                samples = draw_samples(
+                    pl_module.denoiser, pl_module.grid, self.data_shape, seeds[start:stop], sampler=self.sampler,
+                    batch_size=self.batch_size, is_image=self.is_image, device=pl_module.device,
+                )
                 self.suite.update(samples, index=torch.arange(start, stop))
                 if sum(s.shape[0] for s in shown) < self.grid_size:
                     shown.append(samples)

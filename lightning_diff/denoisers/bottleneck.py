@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_diff.denoisers.conditioning import NoiseEmbedding, wrap
+from lightning_diff.denoisers.contract import Denoiser
+from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -83,15 +85,17 @@ class BottleneckMLP(nn.Module):
 
     def forward(self, y: Tensor, t: Tensor | None = None) -> Tensor:
         flat = y.reshape(y.shape[0], -1)
-        if self.embedding is not None:
-            assert t is not None, "a conditioned network needs the noise level"
+        if self.embedding is not None:  # the conditioned form: the Denoiser contract has checked t
             flat = torch.cat([flat, self.embedding(t)], dim=1)
         return self.decoder(self.encoder(flat)).reshape(y.shape)
 
 
+@family("bottleneck")
+@family("bottleneck_image")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
+    *,
     fit: str = "sgd",
     conditioning: str = "per_level",
     depth: int = 3,
@@ -102,7 +106,7 @@ def build(
     output: str = "none",
     embedding_dim: int = 64,
     stacked: bool | str = "auto",
-) -> nn.Module:
+) -> Denoiser:
     """Bottleneck MLP denoiser, trained by SGD in any conditioning mode."""
     if fit != "sgd":
         raise UserError(f"denoiser.fit={fit!r} is not available for bottleneck; it is trained by SGD only")

@@ -4,7 +4,8 @@
 - ``conditioned``: one network that receives a noise embedding (DDPM / EDM practice);
 - ``blind``: one network that never sees t (Kadkhodaie et al. 2024).
 
-Every wrapped network is still a ``D(y, t) -> x0_hat`` module.
+:func:`wrap` turns a family's network into the :class:`~lightning_diff.denoisers.contract.Denoiser`
+of the requested mode.
 """
 
 import copy
@@ -15,11 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from lightning_diff.denoisers.contract import CONDITIONING_MODES, Denoiser, check_choice
 from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.errors import UserError
-
-MODES = ("per_level", "conditioned", "blind")
-
 
 # Per-network size up to which "auto" stacks the K networks on a GPU: on an H100 stacking
 # trained 10 per-level networks 1.4x to 1.55x faster than the loop for sizes from the 2-D toy
@@ -37,7 +36,7 @@ def stacking_pays(parameters_per_network: int, device: torch.device) -> bool:
     return device.type == "cuda" and parameters_per_network <= STACKED_MAX_PARAMETERS
 
 
-class PerLevel(nn.Module):
+class PerLevel(Denoiser):
     """K networks ``net_k(y)``; each sample is routed to the network of its grid level.
 
     A batch that holds several levels in equal contiguous blocks (training's ``every_level``
@@ -66,6 +65,9 @@ class PerLevel(nn.Module):
         # A weightless copy of one network that torch.func calls with the stacked weights; held
         # in a tuple so it stays out of the module tree (state_dict, parameters(), .to()).
         self._template: tuple[nn.Module, list[str], list[str]] | None = None
+
+    def network_at(self, t: float) -> nn.Module:
+        return self.nets[int(level_index(self.levels, torch.tensor([t]))[0])]
 
     def forward(self, y: Tensor, t: Tensor) -> Tensor:
         idx = level_index(self.levels, t)
@@ -117,15 +119,38 @@ class PerLevel(nn.Module):
         return out.reshape(y.shape)
 
 
-class Blind(nn.Module):
+class Blind(Denoiser):
     """One network that ignores the noise level."""
+
+    conditioning = "blind"
+    accepts_any_t = True
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
+    def network_at(self, t: float) -> nn.Module:
+        return self.net
+
     def forward(self, y: Tensor, t: Tensor) -> Tensor:
         return self.net(y)
+
+
+class Conditioned(Denoiser):
+    """One network ``net(y, t)`` that receives the noise level (through its own embedding)."""
+
+    conditioning = "conditioned"
+    accepts_any_t = True
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def network_at(self, t: float) -> nn.Module:
+        return self.net
+
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        return self.net(y, t)
 
 
 class NoiseEmbedding(nn.Module):
@@ -150,20 +175,17 @@ def wrap(
     make_conditioned_net: Callable[[], nn.Module] | None = None,
     family: str = "this family",
     stacked: bool | str = "auto",
-) -> nn.Module:
-    """Build a ``D(y, t)`` module in the requested conditioning mode.
+) -> Denoiser:
+    """The family's :class:`Denoiser` in the requested conditioning mode.
 
-    ``make_net`` builds one network ``net(y)``; ``make_conditioned_net`` one ``net(y, t)``;
-    ``stacked`` is :class:`PerLevel`'s evaluation choice (per_level mode only).
+    ``make_net`` builds one network ``net(y)``; ``make_conditioned_net`` one ``net(y, t)``
+    (None: the family has no conditioned form); ``stacked`` is :class:`PerLevel`'s evaluation
+    choice (per_level mode only).
     """
+    modes = CONDITIONING_MODES if make_conditioned_net is not None else ("per_level", "blind")
+    check_choice("conditioning", conditioning, modes, family)
     if conditioning == "per_level":
         return PerLevel([make_net() for _ in range(len(grid))], grid, stacked)
     if conditioning == "blind":
         return Blind(make_net())
-    if conditioning == "conditioned":
-        if make_conditioned_net is None:
-            raise UserError(
-                f"denoiser.conditioning=conditioned is not available for {family}; use per_level or blind"
-            )
-        return make_conditioned_net()
-    raise UserError(f"denoiser.conditioning={conditioning!r} is not valid; choose one of {', '.join(MODES)}")
+    return Conditioned(make_conditioned_net())

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_diff.denoisers.conditioning import NoiseEmbedding, wrap
+from lightning_diff.denoisers.contract import Denoiser
+from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -136,9 +138,7 @@ class DiT(nn.Module):
         """The adaLN vector per sample, (B, width): the noise embedding of t, or the constant."""
         if self.time_embedding is None:
             return self.constant.expand(batch, -1)
-        if t is None:
-            raise ValueError("this DiT is noise-conditioned: call it as net(y, t)")
-        return self.time_embedding(t)
+        return self.time_embedding(t)  # the conditioned form: the Denoiser contract has checked t
 
     def unpatchify(self, patches: Tensor) -> Tensor:
         """Tokens of patch pixels (B, N, C * p * p), row-major, to images (B, C, H, W)."""
@@ -194,9 +194,12 @@ def _check_knobs(depth: int, width: int, heads: int, mlp_ratio: float, pos_embed
         )
 
 
+@family("dit")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
+    *,
+    fit: str = "sgd",
     conditioning: str = "conditioned",
     patch_size: int = 2,
     depth: int = 4,
@@ -204,9 +207,8 @@ def build(
     heads: int = 4,
     mlp_ratio: float = 4.0,
     pos_embed: str = "sincos",
-    fit: str = "sgd",
     stacked: bool | str = "auto",
-) -> nn.Module:
+) -> Denoiser:
     """DiT denoiser ``D(y, t)`` in any conditioning mode, trained by SGD.
 
     ``pos_embed`` is ``sincos`` (fixed 2-D sin-cos) or ``learned``.

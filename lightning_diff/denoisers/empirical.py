@@ -11,12 +11,17 @@ import torch
 from torch import Tensor
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.denoisers.contract import check_choice
+from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
 
 class EmpiricalDenoiser(ClosedFormDenoiser):
-    """Posterior mean under the empirical training distribution, for any t."""
+    """Posterior mean under the empirical training distribution, for any t (at each grid level it
+    is that level's optimum, so it counts as per_level)."""
+
+    accepts_any_t = True
 
     def __init__(self, data_shape: tuple[int, ...], chunk_size: int = 4096) -> None:
         super().__init__()
@@ -52,9 +57,11 @@ class EmpiricalDenoiser(ClosedFormDenoiser):
         return (acc / total).reshape(y.shape).to(y.dtype)
 
 
+@family("empirical")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
+    *,
     fit: str = "closed_form",
     conditioning: str = "per_level",
     chunk_size: int = 4096,
@@ -62,4 +69,5 @@ def build(
     """The empirical family has no trainable form: it is always fitted in closed form."""
     if fit != "closed_form":
         raise UserError(f"denoiser.fit={fit!r} is not available for empirical; it is fitted in closed form only")
+    check_choice("conditioning", conditioning, ("per_level",), "empirical (the optimum at every level)")
     return EmpiricalDenoiser(data_shape, chunk_size)

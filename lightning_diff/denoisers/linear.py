@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
 from lightning_diff.denoisers.conditioning import wrap
+from lightning_diff.denoisers.contract import Denoiser, check_choice
+from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -31,7 +33,9 @@ def check_rank(rank: int | None, dim: int) -> None:
 
 
 class WienerDenoiser(ClosedFormDenoiser):
-    """The optimal affine (rank-k) denoiser from the training mean and covariance."""
+    """The optimal affine (rank-k) denoiser from the training mean and covariance, for any t."""
+
+    accepts_any_t = True
 
     def __init__(self, data_shape: tuple[int, ...], rank: int | None = None) -> None:
         super().__init__()
@@ -82,16 +86,19 @@ class Affine(nn.Module):
         return self.map(y.reshape(y.shape[0], -1)).reshape(y.shape)
 
 
+@family("linear")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
+    *,
     fit: str = "closed_form",
     conditioning: str = "per_level",
     rank: int | None = None,
     stacked: bool | str = "auto",
-) -> nn.Module:
+) -> Denoiser:
     """Closed-form Wiener denoiser (any t) or SGD-trainable affine maps per level."""
     if fit == "closed_form":
+        check_choice("conditioning", conditioning, ("per_level",), "linear with fit=closed_form (optimal at every level)")
         return WienerDenoiser(data_shape, rank)
     if fit == "sgd":
         return wrap(conditioning, grid, lambda: Affine(data_shape, rank), family="linear", stacked=stacked)

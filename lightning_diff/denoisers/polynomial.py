@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.denoisers.conditioning import wrap
+from lightning_diff.denoisers.contract import Denoiser, check_choice
 from lightning_diff.denoisers.features import (
     monomial_exponents,
     monomials,
@@ -25,6 +27,7 @@ from lightning_diff.denoisers.features import (
     power_features,
     random_projection,
 )
+from lightning_diff.denoisers.registry import family
 from lightning_diff.denoisers.ridge import ridge_solve
 from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.diffusion.process import add_noise
@@ -117,26 +120,8 @@ def _apply(phi: Tensor, readouts: Tensor, idx: Tensor) -> Tensor:
     return out
 
 
-class _PolynomialBase(nn.Module):
-    def __init__(self, data_shape: tuple[int, ...], grid: NoiseGrid, features: PolynomialFeatures) -> None:
-        super().__init__()
-        self.data_shape = tuple(data_shape)
-        self.features = features
-        self.register_buffer("levels", grid.levels.clone().float())
-
-    def readouts(self) -> Tensor:
-        raise NotImplementedError
-
-    def level_of(self, t: Tensor) -> Tensor:
-        return level_index(self.levels, t)
-
-    def forward(self, y: Tensor, t: Tensor) -> Tensor:
-        phi = self.features(y.reshape(y.shape[0], -1).float())
-        return _apply(phi, self.readouts(), self.level_of(t)).reshape(y.shape).to(y.dtype)
-
-
-class PolynomialRidge(_PolynomialBase, ClosedFormDenoiser):
-    """Per-level ridge readouts fitted from the training set."""
+class PolynomialRidge(ClosedFormDenoiser):
+    """Per-level ridge readouts of the features, fitted from the training set."""
 
     def __init__(
         self,
@@ -147,15 +132,19 @@ class PolynomialRidge(_PolynomialBase, ClosedFormDenoiser):
         noise_draws: int,
         seed: int,
     ) -> None:
-        super().__init__(data_shape, grid, features)
+        super().__init__()
         dim = int(math.prod(data_shape))
+        self.data_shape = tuple(data_shape)
+        self.features = features
         self.ridge = ridge
         self.noise_draws = noise_draws
         self.seed = seed
+        self.register_buffer("levels", grid.levels.clone().float())
         self.register_buffer("readout", torch.zeros(len(grid), features.num_features, dim))
 
-    def readouts(self) -> Tensor:
-        return self.readout
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        phi = self.features(y.reshape(y.shape[0], -1).float())
+        return _apply(phi, self.readout, level_index(self.levels, t)).reshape(y.shape).to(y.dtype)
 
     def _fit(self, x0: Tensor) -> None:
         flat = x0.reshape(x0.shape[0], -1).float().to(self.readout.device)
@@ -173,28 +162,25 @@ class PolynomialRidge(_PolynomialBase, ClosedFormDenoiser):
                 self.readout[k] = ridge_solve(self.features(noisy), clean, self.ridge)
 
 
-class PolynomialSGD(_PolynomialBase):
-    """Trainable readouts: one per level, or a single one in blind mode."""
+class PolynomialReadout(nn.Module):
+    """One trainable readout of the features, ``net(y) = phi(y) R`` (R starts at zero); the SGD
+    fit wraps one per level, or one for all levels in blind mode."""
 
-    def __init__(self, data_shape: tuple[int, ...], grid: NoiseGrid, features: PolynomialFeatures, blind: bool) -> None:
-        super().__init__(data_shape, grid, features)
-        dim = int(math.prod(data_shape))
-        count = 1 if blind else len(grid)
-        self.blind = blind
-        self.readout = nn.Parameter(torch.zeros(count, features.num_features, dim))
+    def __init__(self, data_shape: tuple[int, ...], features: PolynomialFeatures) -> None:
+        super().__init__()
+        self.features = features
+        self.readout = nn.Parameter(torch.zeros(features.num_features, int(math.prod(data_shape))))
 
-    def readouts(self) -> Tensor:
-        return self.readout
-
-    def level_of(self, t: Tensor) -> Tensor:
-        if self.blind:
-            return torch.zeros(t.shape, dtype=torch.long, device=t.device)
-        return super().level_of(t)
+    def forward(self, y: Tensor) -> Tensor:
+        phi = self.features(y.reshape(y.shape[0], -1).float())
+        return (phi @ self.readout).reshape(y.shape).to(y.dtype)
 
 
+@family("polynomial")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
+    *,
     fit: str = "closed_form",
     conditioning: str = "per_level",
     degree: int = 2,
@@ -203,18 +189,19 @@ def build(
     ridge: float = 1e-8,
     noise_draws: int = 8,
     seed: int = 0,
-) -> nn.Module:
+    stacked: bool | str = "auto",
+) -> Denoiser:
     """Polynomial denoiser of ``degree`` with exact or random features."""
     dim = int(math.prod(data_shape))
-    feats = PolynomialFeatures(dim, degree, features, num_features, seed)
+
+    def make_features() -> PolynomialFeatures:
+        return PolynomialFeatures(dim, degree, features, num_features, seed)
+
     if fit == "closed_form":
-        if conditioning != "per_level":
-            raise UserError("denoiser.fit=closed_form fits one readout per level: use denoiser.conditioning=per_level")
-        return PolynomialRidge(data_shape, grid, feats, ridge, noise_draws, seed)
+        check_choice("conditioning", conditioning, ("per_level",), "polynomial with fit=closed_form (one readout per level)")
+        return PolynomialRidge(data_shape, grid, make_features(), ridge, noise_draws, seed)
     if fit == "sgd":
-        if conditioning not in ("per_level", "blind"):
-            raise UserError(
-                f"denoiser.conditioning={conditioning!r} is not available for polynomial; use per_level or blind"
-            )
-        return PolynomialSGD(data_shape, grid, feats, blind=conditioning == "blind")
+        return wrap(
+            conditioning, grid, lambda: PolynomialReadout(data_shape, make_features()), family="polynomial", stacked=stacked
+        )
     raise UserError(f"denoiser.fit={fit!r} is not valid for polynomial; choose closed_form or sgd")

@@ -37,10 +37,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.denoisers.contract import check_choice
 from lightning_diff.denoisers.features import random_projection
+from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.diffusion.process import add_noise
 from lightning_diff.errors import UserError
@@ -585,29 +587,26 @@ def _check_arguments(
         )
 
 
+@family("polynomial_patch")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
+    *,
+    fit: str = "closed_form",
+    conditioning: str = "per_level",
     power: int = 2,
     patch_sizes: list[int] | None = None,
     num_features: list[int] | None = None,
     noise_draws: int = 1,
     ridge: float | str = 1e-3,
     seed: int = 0,
-    **unused: object,
-) -> nn.Module:
+) -> PolynomialPatchDenoiser:
     """The paper's local polynomial denoiser, fitted in closed form, one regression per level.
 
     ``patch_sizes`` and ``num_features`` list one entry per level from the highest noise level
     down, as in the paper; left out, they follow :func:`paper_schedule` for the image size.
     """
-    conditioning = unused.get("conditioning", "per_level")
-    if conditioning != "per_level":
-        raise UserError(
-            f"denoiser.conditioning={conditioning!r} is not available for polynomial_patch: it fits one "
-            "regression per level by construction; use per_level"
-        )
-    fit = unused.get("fit", "closed_form")
+    check_choice("conditioning", conditioning, ("per_level",), "polynomial_patch (one regression per level)")
     if fit != "closed_form":
         raise UserError(f"denoiser.fit={fit!r} is not available for polynomial_patch; it is fitted in closed form only")
     if len(data_shape) != 3:

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_diff.denoisers.conditioning import NoiseEmbedding, wrap
+from lightning_diff.denoisers.contract import Denoiser
+from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -316,9 +318,7 @@ class UNet(nn.Module):
     def forward(self, y: Tensor, t: Tensor | None = None) -> Tensor:
         self._check_input(y)
         embedding = None
-        if self.embedding is not None:
-            if t is None:
-                raise UserError("this UNet is noise-conditioned: call it as net(y, t) with t the noise variances")
+        if self.embedding is not None:  # the conditioned form: the Denoiser contract has checked t
             embedding = self.embedding(t)
         h = y
         skips = []
@@ -385,9 +385,11 @@ def paper_unet(**overrides: object) -> UNet:
     return UNet(**settings)  # type: ignore[arg-type]
 
 
+@family("unet")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
+    *,
     fit: str = "sgd",
     conditioning: str = "per_level",
     num_blocks: int = 3,
@@ -405,7 +407,7 @@ def build(
     embedding_dim: int = 64,
     time_modulation: str | None = None,
     stacked: bool | str = "auto",
-) -> nn.Module:
+) -> Denoiser:
     """UNet denoiser trained by SGD in any conditioning mode (``embedding_dim`` is for ``conditioned``)."""
     if fit != "sgd":
         raise UserError(f"denoiser.fit={fit!r} is not available for unet; it is trained by SGD only")

@@ -29,7 +29,7 @@ class NoiseGrid:
         if bad:
             raise UserError(
                 f"noise grid has level(s) {bad} outside (0, 1); t is the noise variance, so every level "
-                "must satisfy 0 < t < 1 (check diffusion.t_min / diffusion.t_max / diffusion.levels)"
+                "must satisfy 0 < t < 1 (check diffusion.t_min / diffusion.t_max / diffusion.grid_values)"
             )
         if levels.numel() > 1 and not bool((levels[1:] > levels[:-1]).all()):
             raise UserError(f"noise grid levels must be strictly ascending, got {levels.tolist()}")

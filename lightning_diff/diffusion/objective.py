@@ -42,13 +42,13 @@ class DiffusionObjective:
         p_std: float = 1.2,
     ) -> None:
         if levels not in LEVEL_MODES:
-            raise UserError(f"diffusion.levels={levels!r} is not valid; choose one of {', '.join(LEVEL_MODES)}")
+            raise UserError(f"diffusion.level_sampling={levels!r} is not valid; choose one of {', '.join(LEVEL_MODES)}")
         if assignment not in ASSIGNMENTS:
             raise UserError(
                 f"diffusion.assignment={assignment!r} is not valid; choose one of {', '.join(ASSIGNMENTS)}"
             )
         if assignment == "every_level" and levels != "discrete":
-            raise UserError("diffusion.assignment=every_level needs diffusion.levels=discrete")
+            raise UserError("diffusion.assignment=every_level needs diffusion.level_sampling=discrete")
         if level_weights is not None and len(level_weights) != len(grid):
             raise UserError(
                 f"diffusion.level_weights has {len(level_weights)} entries but the grid has {len(grid)} levels"

@@ -16,14 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
+from lightning_diff.denoisers.contract import Denoiser
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.figures import plots
 from lightning_diff.metrics.nearest import COPY_RATIO, nearest_two
-from lightning_diff.module import sample_seeds
-from lightning_diff.seeding import generator
+from lightning_diff.seeding import generator, sample_seeds
 from lightning_diff.theory.empirical import copy_failure_bound, expected_distinct
 from lightning_diff.theory.linear import GaussianPrediction
 from lightning_diff.theory.moments import attach_polygon, moment_gap, moment_matched_pair, split_polygons
@@ -140,8 +139,8 @@ class DecoderImageCheck(TheoryCheck):
         samples: Tensor,
         run_dir: Path,
     ) -> dict[str, Any]:
-        net = last_network(denoiser)
         t_last = float(grid.levels[0])
+        net = last_network(denoiser, t_last)
         scale = math.sqrt(1.0 - t_last)
         device = next(net.parameters()).device
         with torch.no_grad():
@@ -183,9 +182,9 @@ class DecoderImageCheck(TheoryCheck):
         return result
 
 
-def refit(denoiser: nn.Module, data: Tensor) -> nn.Module:
+def refit(denoiser: Denoiser, data: Tensor) -> Denoiser:
     """A copy of a closed-form denoiser fitted to ``data`` instead."""
-    if not isinstance(denoiser, ClosedFormDenoiser):
+    if denoiser.fit != "closed_form":
         raise UserError(
             f"the moment-pair check refits the denoiser on other data, which needs a closed-form family; "
             f"{type(denoiser).__name__} is trained by SGD (use denoiser.fit=closed_form)"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from lightning_diff.denoisers.contract import Denoiser
 from lightning_diff.errors import UserError
 
 
@@ -106,13 +107,9 @@ def padded_box(codes: Tensor, fraction: float = 0.5) -> tuple[Tensor, Tensor]:
     return low - fraction * span, high + fraction * span
 
 
-def last_network(denoiser: nn.Module) -> nn.Module:
-    """The encoder-decoder network a bottleneck denoiser applies at its smallest level.
-
-    Per-level denoisers keep one network per grid level in ascending t, so the last sampling
-    step (the smallest t) uses ``nets[0]``; blind and conditioned denoisers have one network.
-    """
-    net = denoiser.nets[0] if hasattr(denoiser, "nets") else getattr(denoiser, "net", denoiser)
+def last_network(denoiser: Denoiser, t_last: float) -> nn.Module:
+    """The encoder-decoder network a bottleneck denoiser applies at the last sampling step, ``t_last``."""
+    net = denoiser.network_at(t_last)
     if not (hasattr(net, "encoder") and hasattr(net, "decoder")):
         raise UserError(
             f"the denoiser {type(denoiser).__name__} has no encoder/decoder pair; the decoder-image check "
