@@ -1,5 +1,6 @@
 # make run   - set up .venv from nothing and run the main job (offline, CPU is enough)
 # make test  - set up .venv (and, as root, the system packages) from nothing and run the test suite
+# make test-fast - the same without the tests marked slow (under 3 minutes on 2 cores)
 # make bench - set up .venv, add the benchmark peers (faiss-cpu, scikit-learn) and run python -m benchmarks
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -14,7 +15,7 @@ BENCH_STAMP := $(VENV)/.lightning_diff-bench-installed
 # `make setup SYSTEM_PACKAGES=` installs none; tests that need a missing one skip with a hint.
 SYSTEM_PACKAGES ?= dataset-fashion-mnist
 
-.PHONY: run test bench setup system clean
+.PHONY: run test test-fast bench setup system clean
 
 setup: $(STAMP) system
 
@@ -40,6 +41,9 @@ run: $(STAMP)
 
 test: setup
 	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The peers the benchmarks compare against (the bench extra).
 $(BENCH_STAMP): $(STAMP)

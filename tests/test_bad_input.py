@@ -12,6 +12,7 @@ from lightning_diff.errors import NonFiniteLossError, UserError
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS
 from lightning_diff.run.cache import file_digest
 from lightning_diff.run.checkpoint import load_checkpoint
+from lightning_diff.run.cli import check_command_line, compose_or_explain, exit_on_user_error
 from lightning_diff.train import train
 
 
@@ -27,18 +28,30 @@ from lightning_diff.train import train
         ("trainer.max_stepz=3", "error: trainer.max_stepz=3: no such key; did you mean trainer.max_steps?"),
         ("a=[1", "error: a=[1: not a valid override"),
         ("optimizer.lr=-1", "error: optimizer.lr=-1 is not valid: the learning rate must be > 0"),
-        ("+optimizer.betas=[0.9,1.5]", "error: optimizer.betas=[0.9, 1.5] is not valid: two numbers in [0, 1)"),
+        ("optimizer.betas=[0.9,1.5]", "error: optimizer.betas=[0.9, 1.5] is not valid: two numbers in [0, 1)"),
         ("trainer.max_steps=abc", "error: trainer.max_steps='abc' is not valid: training steps"),
         ("num_samples=-5", "error: num_samples=-5 is not valid: samples written at the end (0: none), an integer >= 0"),
         ("trainer.val_check_interval=0", "error: trainer.val_check_interval=0 is not valid"),
     ],
 )
-def test_command_line_mistakes_exit_2_with_one_line_naming_the_key(tmp_path, override, expected):
-    result = run_module("lightning_diff.train", "trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path}", override)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+def test_command_line_mistakes_exit_2_with_one_line_naming_the_key(tmp_path, override, expected, capsys):
+    # What `python -m lightning_diff.train` does, in process: the command line first, then the run.
+    overrides = ["trainer=cpu", "logger=none", f"paths.run_dir={tmp_path}", override]
+    with pytest.raises(SystemExit) as stopped:
+        check_command_line("train", overrides)
+        exit_on_user_error(lambda: train(compose_or_explain("train", overrides)))
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_mistake_on_the_real_command_line_exits_2_with_one_line(tmp_path):
+    result = run_module("lightning_diff.train", "trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path}", "sampler=foo")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: sampler=foo: no such option in conf/sampler/; choose one of ddim, ddpm, heun"
+    ]
 
 
 def test_a_fid_weights_file_with_the_wrong_checksum_stops_the_run_before_training(tmp_path):

@@ -69,6 +69,7 @@ def test_empirical_denoiser_copies_training_points():
     assert copied >= 0.99
 
 
+@pytest.mark.slow
 def test_bottleneck_toy_learns_every_level_and_samples_near_the_data(tmp_path):
     cfg = train_config(tmp_path, "experiment=quickstart", "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false")
     untrained = train_config(tmp_path / "init", "experiment=quickstart", "trainer=cpu", "logger=none", "trainer.max_steps=1", "num_samples=0")

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from lightning_diff.denoisers import polynomial_patch
+from lightning_diff.denoisers import patch_ops, polynomial_patch
 from lightning_diff.denoisers.features import power_features
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.errors import UserError
@@ -86,9 +86,9 @@ def test_projection_routes_agree() -> None:
     images = torch.randn(3, 2, 16, 13, generator=gen, dtype=torch.float64)
     for size in (1, 4, 9, 13):
         filters = torch.randn(5, 2, size, size, generator=gen, dtype=torch.float64)
-        direct = polynomial_patch._projections_direct(images, filters)
+        direct = patch_ops.projections_direct(images, filters)
         assert direct.shape == ((16 - size + 1) * (13 - size + 1), 3, 5)
-        assert torch.allclose(polynomial_patch._projections_spectral(images, filters), direct, atol=1e-10)
+        assert torch.allclose(patch_ops.projections_spectral(images, filters), direct, atol=1e-10)
 
 
 def test_mixed_levels_in_one_batch_and_checkpoint_round_trip() -> None:
@@ -123,7 +123,7 @@ TRAINING_IMAGES_28 = 1000
 # machine's load rather than the algorithm.
 TIMED_RUN = f"""
 import json, time, torch
-from lightning_diff.denoisers import polynomial_patch
+from lightning_diff.denoisers import patch_ops, polynomial_patch
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
 grid = make_grid(10)

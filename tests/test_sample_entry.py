@@ -27,6 +27,7 @@ def test_sample_writes_samples_levels_and_seeds(linear_run, tmp_path):
     assert saved["seeds"].shape == (12,)
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples_and_other_grid_for_a_continuous_denoiser(linear_run, tmp_path):
     paths = [tmp_path / f"{name}.npz" for name in ("a", "b", "c")]
     for path, extra in zip(paths, ([], [], ["num_levels=20"])):

@@ -91,7 +91,6 @@ class BottleneckMLP(nn.Module):
 
 
 @family("bottleneck")
-@family("bottleneck_image")
 def build(
     data_shape: tuple[int, ...],
     grid: NoiseGrid,
@@ -107,7 +106,8 @@ def build(
     embedding_dim: int = 64,
     stacked: bool | str = "auto",
 ) -> Denoiser:
-    """Bottleneck MLP denoiser, trained by SGD in any conditioning mode."""
+    """Bottleneck MLP denoiser, trained by SGD in any conditioning mode (defaults: the paper's
+    2-D toy, 2-64-1-64-2)."""
     if fit != "sgd":
         raise UserError(f"denoiser.fit={fit!r} is not available for bottleneck; it is trained by SGD only")
 
@@ -115,3 +115,28 @@ def build(
         return BottleneckMLP(data_shape, depth, width, bottleneck, activation, negative_slope, output, embedding)
 
     return wrap(conditioning, grid, make, lambda: make(embedding_dim), family="bottleneck", stacked=stacked)
+
+
+@family("bottleneck_image")
+def build_image(
+    data_shape: tuple[int, ...],
+    grid: NoiseGrid,
+    *,
+    fit: str = "sgd",
+    conditioning: str = "per_level",
+    depth: int = 9,
+    width: int = 200,
+    bottleneck: int | None = 64,
+    activation: str = "leaky_relu",
+    negative_slope: float = 0.2,
+    output: str = "tanh",
+    embedding_dim: int = 64,
+    stacked: bool | str = "auto",
+) -> Denoiser:
+    """The paper's image MLP (width 200, nine hidden layers, LeakyReLU 0.2, Tanh output), the
+    middle layer the bottleneck: the same family as :func:`build` with the image defaults."""
+    return build(
+        data_shape, grid, fit=fit, conditioning=conditioning, depth=depth, width=width, bottleneck=bottleneck,
+        activation=activation, negative_slope=negative_slope, output=output, embedding_dim=embedding_dim,
+        stacked=stacked,
+    )

@@ -21,7 +21,7 @@ the network in one of the three conditioning modes; the ``conditioned`` network 
 every conv block with a per-channel projection of a noise embedding.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -214,6 +214,39 @@ class LowResolutionAttention(nn.Module):
         return x + self.proj(attended.transpose(-1, -2).reshape(batch, channels, height, width))
 
 
+def check_knobs(
+    data_shape: tuple[int, ...], num_blocks: int, base_channels: int, kernel_size: int, norm: str, padding_mode: str,
+    downsample: str, upsample: str,
+) -> None:
+    """The architecture knobs, each refused with one message naming it."""
+    _check_positive_int("num_blocks", num_blocks)
+    _check_positive_int("base_channels", base_channels)
+    _check_positive_int("kernel_size", kernel_size)
+    if kernel_size % 2 == 0:
+        raise UserError(
+            f"denoiser.kernel_size={kernel_size} is even; use an odd size (1, 3, 5, ...) so 'same' padding "
+            "keeps the feature maps aligned with the skip connections"
+        )
+    _check_choice("norm", norm, NORMS)
+    _check_choice("padding_mode", padding_mode, PADDING_MODES)
+    _check_choice("downsample", downsample, DOWNSAMPLES)
+    _check_choice("upsample", upsample, UPSAMPLES)
+    check_image_size(data_shape[1], data_shape[2], num_blocks, kernel_size, padding_mode)
+
+
+def check_attention(attention: bool, attention_heads: int, bottom: int) -> None:
+    """Attention at the lowest resolution (``bottom`` channels) needs heads that divide them."""
+    if not isinstance(attention, bool):
+        raise UserError(f"denoiser.attention={attention!r} is not valid; use true or false")
+    if attention:
+        _check_positive_int("attention_heads", attention_heads)
+        if bottom % attention_heads:
+            raise UserError(
+                f"denoiser.attention_heads={attention_heads} does not divide the {bottom} channels at the lowest "
+                f"resolution (base_channels * 2**num_blocks); use a divisor of {bottom}"
+            )
+
+
 class UNet(nn.Module):
     """``net(y)`` (or ``net(y, t)`` when built with a noise embedding) -> x0_hat, same shape as y.
 
@@ -245,35 +278,15 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         channels = _validated_channels(data_shape, in_channels)
-        _check_positive_int("num_blocks", num_blocks)
-        _check_positive_int("base_channels", base_channels)
-        _check_positive_int("kernel_size", kernel_size)
-        if kernel_size % 2 == 0:
-            raise UserError(
-                f"denoiser.kernel_size={kernel_size} is even; use an odd size (1, 3, 5, ...) so 'same' padding "
-                "keeps the feature maps aligned with the skip connections"
-            )
-        _check_choice("norm", norm, NORMS)
-        _check_choice("padding_mode", padding_mode, PADDING_MODES)
-        _check_choice("downsample", downsample, DOWNSAMPLES)
-        _check_choice("upsample", upsample, UPSAMPLES)
+        check_knobs(data_shape, num_blocks, base_channels, kernel_size, norm, padding_mode, downsample, upsample)
+        check_attention(attention, attention_heads, base_channels * 2**num_blocks)
         _check_positive_int("norm_groups", norm_groups)
-        if not isinstance(attention, bool):
-            raise UserError(f"denoiser.attention={attention!r} is not valid; use true or false")
         bottom = base_channels * 2**num_blocks
-        if attention:
-            _check_positive_int("attention_heads", attention_heads)
-            if bottom % attention_heads:
-                raise UserError(
-                    f"denoiser.attention_heads={attention_heads} does not divide the {bottom} channels at the lowest "
-                    f"resolution (base_channels * 2**num_blocks); use a divisor of {bottom}"
-                )
         self.bias_free = norm in BIAS_FREE_NORMS
         if time_modulation is None:
             # A shift is an additive constant; scale-only keeps a bias-free net homogeneous in y.
             time_modulation = "scale" if self.bias_free else "film"
         _check_choice("time_modulation", time_modulation, TIME_MODULATIONS)
-        check_image_size(data_shape[1], data_shape[2], num_blocks, kernel_size, padding_mode)
 
         self.in_channels = channels
         self.num_blocks = num_blocks
@@ -288,32 +301,44 @@ class UNet(nn.Module):
             layer_norm = make_norm(norm, fan_out, norm_groups) if normalised else nn.Identity()
             return ConvUnit(fan_in, fan_out, kernel_size, padding_mode, layer_norm, embedding_dim, time_modulation)
 
-        self.encoder = nn.ModuleList()
-        self.down = nn.ModuleList()
-        fan_in = channels
-        for level in range(num_blocks):
-            width = widths[level]
-            self.encoder.append(ConvStack([unit(fan_in, width, normalised=level > 0), unit(width, width)]))
-            self.down.append(_downsampler(downsample, width))
-            fan_in = width
+        self.encoder, self.down = self._encoder(unit, widths, channels, downsample)
         self.middle = ConvStack([unit(widths[-2], bottom), unit(bottom, bottom)])
         self.attention = None
         if attention:
             attention_norm = make_norm(norm, bottom, norm_groups)
             self.attention = LowResolutionAttention(bottom, attention_heads, attention_norm, bias=not self.bias_free)
-        self.up = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for level in range(num_blocks):
-            width = widths[level]
-            self.up.append(_upsampler(upsample, widths[level + 1], width, kernel_size, padding_mode))
-            units = [unit(2 * width if self.concat_width else width, width)]
-            if level > 0:
-                units.append(unit(width, width))
-            self.decoder.append(ConvStack(units))
+        self.up, self.decoder = self._decoder(unit, widths, upsample)
         self.output = nn.Conv2d(
             widths[0], channels, kernel_size, padding=kernel_size // 2, padding_mode=padding_mode, bias=False
         )
         self.embedding = NoiseEmbedding(embedding_dim) if embedding_dim else None
+
+    def _encoder(
+        self, unit: Callable[..., ConvUnit], widths: list[int], channels: int, downsample: str
+    ) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """Per level, two convs (the first without norm at full resolution), then the downsampler."""
+        encoder, down = nn.ModuleList(), nn.ModuleList()
+        fan_in = channels
+        for level in range(self.num_blocks):
+            width = widths[level]
+            encoder.append(ConvStack([unit(fan_in, width, normalised=level > 0), unit(width, width)]))
+            down.append(_downsampler(downsample, width))
+            fan_in = width
+        return encoder, down
+
+    def _decoder(
+        self, unit: Callable[..., ConvUnit], widths: list[int], upsample: str
+    ) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """Per level, the upsampler, then two convs (one at full resolution) on the concatenation."""
+        up, decoder = nn.ModuleList(), nn.ModuleList()
+        for level in range(self.num_blocks):
+            width = widths[level]
+            up.append(_upsampler(upsample, widths[level + 1], width, self.kernel_size, self.padding_mode))
+            units = [unit(2 * width if self.concat_width else width, width)]
+            if level > 0:
+                units.append(unit(width, width))
+            decoder.append(ConvStack(units))
+        return up, decoder
 
     def forward(self, y: Tensor, t: Tensor | None = None) -> Tensor:
         self._check_input(y)
