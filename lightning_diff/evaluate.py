@@ -106,7 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError("give exactly one of ckpt=PATH (samples are drawn from it) or samples=FILE.npz")
     settings = plain(cfg.callbacks.measure)
     project = DEFAULT_PROJECT
-    count = int(cfg.num_samples if cfg.num_samples is not None else settings.get("num_samples", 64))
+    count = int(cfg.num_samples if cfg.num_samples is not None else settings["num_samples"])
     if cfg.get("ckpt") is not None:
         if count < 1:
             raise UserError(f"num_samples={count} must be at least 1")
@@ -131,7 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = torch.device(cfg.device)
     suite = MetricSuite(settings, train, is_image, data_config, source, samples.shape[0]).to(device)
     suite.prepare(progress=bool(cfg.progress))
-    batch_size = int(settings.get("batch_size", 64))
+    batch_size = int(settings["batch_size"])
     chunks = range(0, samples.shape[0], batch_size)
     for start in with_progress(chunks, desc="evaluate", disable=not cfg.progress):
         stop = min(start + batch_size, samples.shape[0])

@@ -13,7 +13,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lightning_diff.compose import build, grid_from
+from lightning_diff.compose import build
+from lightning_diff.diffusion.config import Diffusion
 from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
@@ -53,7 +54,7 @@ def sample(cfg: DictConfig) -> Path:
     if cfg.num_levels is None:
         grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
     else:
-        grid = grid_from(run_cfg["diffusion"], num_levels=int(cfg.num_levels))
+        grid = Diffusion.from_run(run_cfg["diffusion"]).noise_grid(num_levels=int(cfg.num_levels))
     check_integer("num_samples", cfg.num_samples, 1, "samples to draw")
     check_integer("seed", cfg.seed, 0, "the seed of sample 0")
     count = int(cfg.num_samples)

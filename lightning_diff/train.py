@@ -21,7 +21,8 @@ from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.callbacks.measure import Measure
 from lightning_diff.callbacks.progress import ProgressLines
 from lightning_diff.callbacks.requeue import slurm_requeue
-from lightning_diff.compose import build, grid_from, objective_from, plain
+from lightning_diff.compose import build, plain
+from lightning_diff.diffusion.config import Diffusion
 from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.errors import UserError
 from lightning_diff.module import DiffusionModule, WarmupCosine
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or fit) the configured denoiser; returns the ``run.json`` payload."""
     quiet_third_party()
     check_run_settings(cfg)
+    build(cfg.sampler, "sampler")  # a wrong sampler name or batch size stops the run before anything is built
     if spawns_ranks(cfg):
         return run_ranks(train, cfg)
     started = time.time()
@@ -73,8 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def build_module(cfg: DictConfig, datamodule: Any) -> DiffusionModule:
     """The denoiser (asked for its conditioning mode and fit) with the shared objective."""
-    diffusion = plain(cfg.diffusion)
-    grid = grid_from(diffusion)
+    diffusion: Diffusion = build(cfg.diffusion, "diffusion")
+    grid = diffusion.noise_grid()
     denoiser = build(plain(cfg.denoiser), "denoiser", data_shape=datamodule.data_shape, grid=grid)
     trainable = denoiser.fit == "sgd"
     run_info = {
@@ -85,7 +87,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> DiffusionModule:
     }
     return DiffusionModule(
         denoiser,
-        objective_from(diffusion, grid, denoiser.conditioning),
+        diffusion.objective(grid, denoiser.conditioning),
         optimizer=instantiate(cfg.optimizer) if trainable else None,
         schedule=WarmupCosine(total_steps=training_steps(cfg, denoiser.fit), **plain(cfg.lr_schedule)),
         seed=int(cfg.seed),

@@ -13,6 +13,7 @@ the last denoiser output, as in the paper.
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -138,3 +139,18 @@ def make_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise UserError(f"sampler {name!r} is unknown; valid: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]()
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """The ``sampler`` config group as code (conf/sampler/<name>.yaml): which sampler, and how many
+    samples it draws at once."""
+
+    name: str
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise UserError(f"sampler.name={self.name!r} is unknown; valid: {', '.join(SAMPLERS)}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UserError(f"sampler.batch_size={self.batch_size!r} is not valid: samples drawn at once, an integer >= 1")

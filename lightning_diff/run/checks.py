@@ -20,7 +20,6 @@ RUN_INTEGERS = {
     "trainer.max_steps": (-1, "training steps (-1: Lightning's epoch limit)"),
     "trainer.log_every_n_steps": (1, "steps between logged training losses"),
     "callbacks.checkpoint_every_n_steps": (1, "steps between checkpoints"),
-    "sampler.batch_size": (1, "samples drawn at once"),
 }
 # Optimizer settings that torch checks only when the first step is taken, with messages that
 # do not name the key: (smallest, largest) valid value, the bounds excluded where torch excludes them.
