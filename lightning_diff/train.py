@@ -14,9 +14,9 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from lightning_diff.callbacks.context import RunContext
 from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.callbacks.measure import Measure
 from lightning_diff.callbacks.progress import ProgressLines
@@ -112,25 +112,26 @@ class RunParts:
 
 
 def build_callbacks(cfg: DictConfig, datamodule: Any, module: DiffusionModule, ckpt: Path) -> RunParts:
-    """Checkpointing, EMA, measurement, progress lines in logs, SLURM requeue."""
-    every = int(cfg.callbacks.checkpoint_every_n_steps)
-    callbacks: list[L.Callback] = [
-        ModelCheckpoint(
-            dirpath=ckpt.parent, filename=ckpt.stem, every_n_train_steps=every, save_top_k=1, enable_version_counter=False
-        )
-    ]
-    trainable = module.denoiser.fit == "sgd"
-    ema = EMA(float(cfg.callbacks.ema.decay)) if trainable and cfg.callbacks.ema.enabled else None
-    measure = None
-    if cfg.callbacks.get("measure") is not None and cfg.callbacks.measure.enabled:
-        measure = Measure.from_config(cfg, datamodule, ema)
-    # EMA before measure: a measurement at step n sees the average that includes step n.
-    callbacks += [c for c in (ema, measure) if c is not None]
+    """Every callback the config lists (conf/callback/, in order), then progress lines in logs and
+    SLURM requeue, which follow from where the run is, not from the config."""
+    run = RunContext(cfg, datamodule, module, ckpt)
+    for name, node in cfg.callbacks.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            callback = build(node, f"callbacks.{name}", run=run)
+            if callback is not None:
+                run.built[str(name)] = callback
+    callbacks = list(run.built.values())
     if cfg.trainer.get("enable_progress_bar", True) and not interactive():
         callbacks.append(ProgressLines())
     requeue_callbacks, requeue_plugins = slurm_requeue(ckpt)  # under SLURM: checkpoint + requeue on SIGUSR1
-    callbacks += requeue_callbacks
-    return RunParts(callbacks, [AtomicCheckpointIO(), *requeue_plugins], ckpt, ema, measure)
+    ema, measure = run.built.get("ema"), run.built.get("measure")
+    return RunParts(
+        callbacks + requeue_callbacks,
+        [AtomicCheckpointIO(), *requeue_plugins],
+        ckpt,
+        ema if isinstance(ema, EMA) else None,
+        measure if isinstance(measure, Measure) else None,
+    )
 
 
 def build_logger(cfg: DictConfig, run_dir: Path) -> Any:

@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 
+from lightning_diff.callbacks.context import RunContext
+
 
 class WarmupEMA:
     """EMA with decay min(decay, (1 + n) / (10 + n)) after n earlier updates."""
@@ -111,3 +113,8 @@ class EMA(WeightAveraging):
 def ema_weights(ema: "EMA | None", pl_module: "L.LightningModule") -> AbstractContextManager[None]:
     """Within the block the module holds its EMA weights, or its current ones without EMA."""
     return ema.averaged(pl_module) if ema is not None else nullcontext()
+
+
+def ema_for_run(run: RunContext, *, enabled: bool, decay: float) -> EMA | None:
+    """The EMA of an SGD-trained denoiser (closed-form families have no steps to average)."""
+    return EMA(float(decay)) if enabled and run.trainable else None

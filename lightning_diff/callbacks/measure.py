@@ -15,9 +15,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import DictConfig
 from torch import Tensor
 
+from lightning_diff.callbacks.context import RunContext
 from lightning_diff.callbacks.ema import EMA, ema_weights
 from lightning_diff.compose import plain
 from lightning_diff.diffusion.draw import draw_samples
@@ -94,19 +94,6 @@ class Measure(L.Callback):
         self.suite: MetricSuite | None = None
         self.history: list[dict[str, float]] = []
         self._last_step: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig, datamodule: Any, ema: EMA | None) -> "Measure":
-        """The callback a training config describes (``cfg.callbacks.measure``)."""
-        return cls(
-            train=datamodule.train_data,
-            is_image=bool(datamodule.is_image),
-            data_config=plain(cfg.data),
-            settings=plain(cfg.callbacks.measure),
-            sampler=str(cfg.sampler.name),
-            seed=int(cfg.seed),
-            ema=ema,
-        )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.suite is not None:
@@ -208,3 +195,35 @@ class Measure(L.Callback):
         ):
             rows.append([i, seeds[i], d1, d2, d1 / d2 if d2 > 0 else float("inf"), d1 < ratio * d2, near[0], near[1]])
         return rows
+
+
+def measure_for_run(
+    run: RunContext,
+    *,
+    enabled: bool,
+    every_n_steps: int,
+    num_samples: int,
+    batch_size: int,
+    grid_size: int,
+    metrics: list[str],
+    memorization: dict[str, Any],
+    distribution: dict[str, Any],
+    fid: dict[str, Any],
+) -> Measure | None:
+    """The measurement of a run (``callbacks.measure`` plus the metrics group), or None when off."""
+    if not enabled:
+        return None
+    settings = dict(
+        every_n_steps=every_n_steps, num_samples=num_samples, batch_size=batch_size, grid_size=grid_size,
+        metrics=metrics, memorization=memorization, distribution=distribution, fid=fid,
+    )
+    ema = run.built.get("ema")
+    return Measure(
+        train=run.datamodule.train_data,
+        is_image=bool(run.datamodule.is_image),
+        data_config=plain(run.cfg.data),
+        settings=settings,
+        sampler=str(run.cfg.sampler.name),
+        seed=int(run.cfg.seed),
+        ema=ema if isinstance(ema, EMA) else None,
+    )

@@ -19,7 +19,6 @@ RUN_INTEGERS = {
     "num_samples": (0, "samples written at the end (0: none)"),
     "trainer.max_steps": (-1, "training steps (-1: Lightning's epoch limit)"),
     "trainer.log_every_n_steps": (1, "steps between logged training losses"),
-    "callbacks.checkpoint_every_n_steps": (1, "steps between checkpoints"),
 }
 # Optimizer settings that torch checks only when the first step is taken, with messages that
 # do not name the key: (smallest, largest) valid value, the bounds excluded where torch excludes them.
