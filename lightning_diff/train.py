@@ -31,9 +31,9 @@ from lightning_diff.run.checkpoint import AtomicCheckpointIO, load_checkpoint
 from lightning_diff.run.checks import check_run_settings
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.distributed import node_names, run_ranks, spawns_ranks
+from lightning_diff.run.lifecycle import open_wandb_run, run_finished
 from lightning_diff.run.quiet import quiet_third_party
 from lightning_diff.run.rundir import checkpoint_path, save_samples, wandb_run_id, write_json_atomic
-from lightning_diff.run.wandb_run import open_wandb_run, wandb_finished
 from lightning_diff.seeding import sample_seeds
 
 
@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger = build_logger(cfg, run_dir)
     trainer = build_trainer(cfg, module, parts, logger, run_dir)
     resume_from = checkpoint_to_resume(cfg, parts.checkpoint)
-    with wandb_finished(logger):
+    with run_finished(logger):
         if logger and trainer.is_global_zero:
             open_wandb_run(logger)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_diff.run import wandb_run
+from lightning_diff.run import lifecycle
 
 
 class FlakyLogger:
@@ -22,16 +22,16 @@ class FlakyLogger:
 
 
 def test_waits_while_the_run_id_is_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wandb_run, "WANDB_ID_POLL_S", 0.0)
+    monkeypatch.setattr(lifecycle, "WANDB_ID_POLL_S", 0.0)
     logger = FlakyLogger(3, "run ID 79376c72 is in use")
-    wandb_run.open_wandb_run(logger)
+    lifecycle.open_wandb_run(logger)
     assert logger.calls == 4
 
 
 def test_other_errors_and_a_held_id_past_the_deadline_raise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wandb_run, "WANDB_ID_POLL_S", 0.0)
+    monkeypatch.setattr(lifecycle, "WANDB_ID_POLL_S", 0.0)
     with pytest.raises(RuntimeError, match="permission denied"):
-        wandb_run.open_wandb_run(FlakyLogger(1, "permission denied"))
-    monkeypatch.setattr(wandb_run, "WANDB_ID_WAIT_S", 0.0)
+        lifecycle.open_wandb_run(FlakyLogger(1, "permission denied"))
+    monkeypatch.setattr(lifecycle, "WANDB_ID_WAIT_S", 0.0)
     with pytest.raises(RuntimeError, match="is in use"):
-        wandb_run.open_wandb_run(FlakyLogger(10**6, "run ID 1 is in use"))
+        lifecycle.open_wandb_run(FlakyLogger(10**6, "run ID 1 is in use"))

@@ -1,18 +1,19 @@
 """Drawing samples: the one path from a denoiser and seeds to the samples every entry point
 (train, sample, evaluate) and the measuring callback use, so they agree sample for sample."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lightning_diff.diffusion.grids import NoiseGrid
+from lightning_diff.diffusion.process import DenoiserFn
 from lightning_diff.diffusion.samplers import make_sampler
 
 
 @torch.no_grad()
 def draw_samples(
-    denoiser: Callable[[Tensor, Tensor], Tensor],
+    denoiser: DenoiserFn,
     grid: NoiseGrid,
     data_shape: Sequence[int],
     seeds: Sequence[int],

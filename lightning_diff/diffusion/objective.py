@@ -13,17 +13,14 @@ All randomness of step ``s`` is drawn for the *global* batch from a generator se
 single-process run exactly.
 """
 
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from lightning_diff.diffusion.grids import NoiseGrid
-from lightning_diff.diffusion.process import add_noise, sigma_to_t
+from lightning_diff.diffusion.process import DenoiserFn, add_noise, sigma_to_t
 from lightning_diff.errors import UserError
 from lightning_diff.seeding import generator
-
-Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 LEVEL_MODES = ("discrete", "uniform", "lognormal")
 ASSIGNMENTS = ("random", "every_level")
@@ -100,7 +97,7 @@ class DiffusionObjective:
         return self.level_weights.to(t.device)[idx]
 
     def loss(
-        self, denoiser: Denoiser, x0: Tensor, seed: int, step: int, rank: int = 0, world_size: int = 1
+        self, denoiser: DenoiserFn, x0: Tensor, seed: int, step: int, rank: int = 0, world_size: int = 1
     ) -> Tensor:
         """Mean weighted x0 MSE of ``denoiser`` on this rank's slice ``x0`` of step ``step``."""
         global_batch = x0.shape[0] * world_size
@@ -114,7 +111,7 @@ class DiffusionObjective:
         return (self.weights(t) * err).mean()
 
     @torch.no_grad()
-    def per_level_loss(self, denoiser: Denoiser, x0: Tensor, seed: int, batch_size: int = 1024) -> Tensor:
+    def per_level_loss(self, denoiser: DenoiserFn, x0: Tensor, seed: int, batch_size: int = 1024) -> Tensor:
         """Unweighted x0 MSE at every grid level on ``x0`` with fixed noise; shape (K,)."""
         out = torch.zeros(len(self.grid), dtype=torch.float64)
         gen = generator(seed, 0x5EED, device=x0.device)

@@ -5,8 +5,14 @@ parametrisation of Levine & Weiss (2026). ``sigma = sqrt(t / (1 - t))`` is the e
 noise level of the variance-exploding process on ``y / sqrt(1 - t)`` (Karras et al. 2022).
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+# What the diffusion layer calls a denoiser: any D(y, t) -> x0_hat (a family's Denoiser module,
+# or a plain function in tests); it knows no family.
+DenoiserFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _broadcast(t: Tensor, like: Tensor) -> Tensor:

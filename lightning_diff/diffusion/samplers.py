@@ -12,18 +12,17 @@ the last denoiser output, as in the paper.
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from lightning_diff.diffusion.grids import NoiseGrid
+from lightning_diff.diffusion.process import DenoiserFn
 from lightning_diff.errors import UserError
 from lightning_diff.progress import with_progress
 from lightning_diff.seeding import generator
-
-Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
 class Sampler:
@@ -34,7 +33,7 @@ class Sampler:
     @torch.no_grad()
     def sample(
         self,
-        denoiser: Denoiser,
+        denoiser: DenoiserFn,
         grid: NoiseGrid,
         shape: Sequence[int],
         seeds: Sequence[int],
@@ -58,7 +57,7 @@ class Sampler:
             outputs.append(self.run(denoiser, levels, noise).float().cpu())
         return torch.cat(outputs)
 
-    def run(self, denoiser: Denoiser, levels: list[float], noise: "_PerSampleNoise") -> Tensor:
+    def run(self, denoiser: DenoiserFn, levels: list[float], noise: "_PerSampleNoise") -> Tensor:
         """Samples of one batch; ``levels`` descend from the largest noise variance."""
         raise NotImplementedError
 
@@ -81,7 +80,7 @@ class _PerSampleNoise:
 class DDIM(Sampler):
     name = "ddim"
 
-    def run(self, denoiser: Denoiser, levels: list[float], noise: _PerSampleNoise) -> Tensor:
+    def run(self, denoiser: DenoiserFn, levels: list[float], noise: _PerSampleNoise) -> Tensor:
         y = noise.draw()
         for k, t in enumerate(levels):
             x0 = denoiser(y, noise.levels(t))
@@ -96,7 +95,7 @@ class DDIM(Sampler):
 class DDPM(Sampler):
     name = "ddpm"
 
-    def run(self, denoiser: Denoiser, levels: list[float], noise: _PerSampleNoise) -> Tensor:
+    def run(self, denoiser: DenoiserFn, levels: list[float], noise: _PerSampleNoise) -> Tensor:
         y = noise.draw()
         for k, t in enumerate(levels):
             x0 = denoiser(y, noise.levels(t))
@@ -116,7 +115,7 @@ class DDPM(Sampler):
 class Heun(Sampler):
     name = "heun"
 
-    def run(self, denoiser: Denoiser, levels: list[float], noise: _PerSampleNoise) -> Tensor:
+    def run(self, denoiser: DenoiserFn, levels: list[float], noise: _PerSampleNoise) -> Tensor:
         def d_ve(x: Tensor, t: float) -> Tensor:
             sigma = math.sqrt(t / (1 - t))
             return (x - denoiser(x * math.sqrt(1 - t), noise.levels(t))) / sigma

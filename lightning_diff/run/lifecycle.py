@@ -1,10 +1,12 @@
-"""The W&B side of a run: opening its run while a requeued job's previous attempt still holds
-the ID, and finishing it, also on error."""
+"""The start and end of a run: opening its W&B run while a requeued job's previous attempt
+still holds the ID; at the end, also on error, finishing it and leaving the process group."""
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 # A requeued SLURM job can start while the previous attempt's W&B process still flushes the
 # same run, and W&B refuses the run ID until it lets go (seconds).
@@ -26,8 +28,10 @@ def open_wandb_run(logger: Any) -> None:
 
 
 @contextmanager
-def wandb_finished(logger: Any) -> Iterator[None]:
-    """Finish the W&B run when the block ends: exit code 0 if it completed, 1 if it raised."""
+def run_finished(logger: Any) -> Iterator[None]:
+    """When the block ends: finish the W&B run (exit code 0 if the block completed, 1 if it
+    raised) and leave the DDP process group, so a rank's process holds no sockets or threads
+    after its run (a ``ddp_spawn`` rank, a notebook that trains twice)."""
     succeeded = False
     try:
         yield
@@ -37,3 +41,5 @@ def wandb_finished(logger: Any) -> Iterator[None]:
             import wandb  # only with a logger: a run with logger=none needs no wandb installed
 
             wandb.finish(exit_code=0 if succeeded else 1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
