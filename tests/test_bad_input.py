@@ -178,3 +178,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         for name, value in checkpoint.get(key, {}).items():
             assert torch.isfinite(value.float()).all(), (key, name)
     assert checkpoint["global_step"] >= 1
+
+
+def test_an_unknown_key_is_judged_against_the_chosen_group_option(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        check_command_line("train", ["denoiser=unet", "denoiser.num_block=3"])
+    assert stopped.value.code == 2
+    assert "error: denoiser.num_block=3: no such key; did you mean denoiser.num_blocks?" in capsys.readouterr().err

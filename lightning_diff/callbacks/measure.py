@@ -70,7 +70,7 @@ class Measure(L.Callback):
         seed: int,
         ema: EMA | None = None,
     ) -> None:
-        # Defaults live in conf/callbacks/default.yaml only: every key is required here.
+        # Defaults live in conf/callback/measure.yaml only: every key is required here.
         self.every_n_steps = int(settings["every_n_steps"])
         self.num_samples = int(settings["num_samples"])
         self.batch_size = int(settings["batch_size"])

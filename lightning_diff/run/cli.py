@@ -60,7 +60,8 @@ def compose_or_explain(config_name: str, overrides: list[str]) -> DictConfig:
     except ConfigCompositionException as err:
         key = str(err).split("'")[1] if "'" in str(err) else "?"
         override = next((item for item in overrides if item.split("=")[0].lstrip("+~") == key), key)
-        raise UserError(f"{override}: {unknown_key_hint(config_name, key)}") from None
+        others = [item for item in overrides if item != override]
+        raise UserError(f"{override}: {unknown_key_hint(config_name, key, others)}") from None
 
 
 def unparsable(overrides: list[str]) -> str:
@@ -80,11 +81,15 @@ def group_options(group: str) -> list[str]:
     return sorted(str(path.relative_to(folder).with_suffix("")) for path in folder.rglob("*.yaml"))
 
 
-def unknown_key_hint(config_name: str, key: str) -> str:
-    """What to say of a key that the composed config lacks: its near namesakes, or the valid keys there."""
+def unknown_key_hint(config_name: str, key: str, other_overrides: list[str]) -> str:
+    """What to say of a key that the config (with the other overrides: ``denoiser=unet`` decides
+    which keys ``denoiser`` has) lacks: its near namesakes, or the valid keys there."""
     parent, _, name = key.rpartition(".")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        config = compose(config_name)
+        try:
+            config = compose(config_name, overrides=other_overrides)
+        except HydraException:  # another override is wrong too; this one is judged on the defaults
+            config = compose(config_name)
     node = config
     for part in parent.split(".") if parent else []:
         node = node.get(part) if isinstance(node, DictConfig) else None

@@ -22,6 +22,8 @@ from lightning_diff.metrics.fid.frechet import covariance_root, frechet_distance
 from lightning_diff.metrics.fid.metric import FID, FeatureMoments, metric_name
 from lightning_diff.metrics.fid.reference import prepare_reference, reference_cache_path, reference_images
 from lightning_diff.metrics.fid.weights import (
+    INCEPTION_FEATURES,
+    INCEPTION_SIZE,
     KNOWN_WEIGHTS,
     PACKAGE_LOOKUP_ENV,
     SETTINGS_KEY,
@@ -36,6 +38,8 @@ from lightning_diff.metrics.fid.weights import (
 
 __all__ = [
     "FID",
+    "INCEPTION_FEATURES",
+    "INCEPTION_SIZE",
     "KNOWN_WEIGHTS",
     "PACKAGE_LOOKUP_ENV",
     "SETTINGS_KEY",
