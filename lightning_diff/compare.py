@@ -1,0 +1,168 @@
+"""``python -m lightning_diff.compare a=PATH b=PATH [out=FILE.json]``: how well one generator
+predicts another from the same noise.
+
+PATH is a run directory (its ``samples.npz``) or an ``.npz`` with ``samples`` and ``seeds``;
+``a`` is the reference and the seeds must match. The JSON (printed, and written to ``out``)
+holds the per-sample r^2 and Pearson r of the final samples and their medians
+(:mod:`lightning_diff.metrics.r2`). When both are run directories with checkpoints, also per
+denoiser call along the sampler, highest noise first:
+
+- ``r2_single_step_per_level``: b's denoiser applied to a's own sampling states, against a's
+  denoiser output there (the median over samples);
+- ``r2_trajectory_per_level``: each model's x0 prediction along its own trajectory from the
+  same noise, b against a.
+
+The trajectories use a's sampler and grid; the grids of the two runs must agree.
+"""
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from lightning_diff.diffusion.draw import draw_samples
+from lightning_diff.diffusion.grids import NoiseGrid
+from lightning_diff.errors import UserError
+from lightning_diff.metrics.r2 import SameNoiseR2
+from lightning_diff.run.atomic import atomic_write_text
+from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
+from lightning_diff.run.rundir import checkpoint_path
+from lightning_diff.sample import load_denoiser
+
+
+@dataclass
+class Side:
+    """One generator's samples (and seeds, grid), and its run directory when it has a checkpoint."""
+
+    path: Path
+    samples: Tensor
+    seeds: list[int]
+    levels: list[float] | None
+    run_dir: Path | None
+
+
+def load_side(key: str, value: str) -> Side:
+    """The samples behind ``a=`` or ``b=``, or one :class:`UserError` naming what is missing."""
+    path = Path(value).expanduser()
+    run_dir = None
+    if path.is_dir():
+        run_dir = path if checkpoint_path(path).is_file() else None
+        path = path / "samples.npz"
+    if not path.is_file():
+        raise UserError(f"{key}={value}: no such run directory (with samples.npz) or .npz file")
+    with np.load(path) as stored:
+        missing = [name for name in ("samples", "seeds") if name not in stored.files]
+        if missing:
+            raise UserError(f"{key}={path} has no {' or '.join(missing)} array (it has: {', '.join(stored.files)})")
+        samples = torch.from_numpy(np.asarray(stored["samples"], dtype=np.float64))
+        seeds = [int(s) for s in stored["seeds"]]
+        levels = [float(t) for t in stored["levels"]] if "levels" in stored.files else None
+    if samples.shape[0] != len(seeds):
+        raise UserError(f"{key}={path} holds {samples.shape[0]} samples but {len(seeds)} seeds")
+    return Side(path, samples, seeds, levels, run_dir)
+
+
+def check_pair(a: Side, b: Side) -> None:
+    """Same data shape, same seeds in the same order, same grid where both record one."""
+    if a.samples.shape[1:] != b.samples.shape[1:]:
+        raise UserError(
+            f"a={a.path} and b={b.path} hold samples of different data shapes, {tuple(a.samples.shape[1:])} and "
+            f"{tuple(b.samples.shape[1:])}; compare runs on the same data"
+        )
+    if a.seeds != b.seeds:
+        first = next((i for i, (x, y) in enumerate(zip(a.seeds, b.seeds)) if x != y), min(len(a.seeds), len(b.seeds)))
+        seen = [a.seeds[first] if first < len(a.seeds) else "none", b.seeds[first] if first < len(b.seeds) else "none"]
+        raise UserError(
+            f"the seeds differ first at sample {first}: a has {seen[0]}, b has {seen[1]} ({len(a.seeds)} and "
+            f"{len(b.seeds)} seeds); draw both with the same seed and num_samples"
+        )
+    if a.levels is not None and b.levels is not None and not same_grid(a.levels, b.levels):
+        raise UserError(f"a={a.path} and b={b.path} were sampled on different grids ({len(a.levels)} and "
+                        f"{len(b.levels)} levels); compare runs on the same grid")
+
+
+def same_grid(first: list[float], second: list[float]) -> bool:
+    return len(first) == len(second) and bool(np.allclose(first, second, rtol=0, atol=1e-12))
+
+
+def final_r2(a: Side, b: Side) -> dict[str, Any]:
+    metric = SameNoiseR2()
+    metric.update(a.samples, b.samples)
+    return {key: value.tolist() if value.dim() else float(value) for key, value in metric.compute().items()}
+
+
+def denoiser_calls(denoiser: torch.nn.Module, info: dict[str, Any], sampler: str, seeds: list[int], device: str) -> list:
+    """Every (t, y, x0_hat) the sampler asks of ``denoiser`` from ``seeds``, in order (highest noise first)."""
+    calls: list[tuple[float, Tensor, Tensor]] = []
+
+    def recorded(y: Tensor, t: Tensor) -> Tensor:
+        out = denoiser(y, t)
+        calls.append((float(t[0]), y.detach().cpu(), out.detach().cpu()))
+        return out
+
+    grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
+    draw_samples(
+        recorded, grid, info["data_shape"], seeds, sampler=sampler, batch_size=len(seeds),
+        is_image=info["is_image"], device=device,
+    )
+    return calls
+
+
+def median_r2(reference: Tensor, other: Tensor) -> float:
+    metric = SameNoiseR2()
+    metric.update(reference, other)
+    return float(metric.compute()["r2_samples_median"])
+
+
+@torch.no_grad()
+def per_level_r2(a: Side, b: Side, weights: str, device: str) -> dict[str, Any]:
+    """Single-step and trajectory r^2 per denoiser call (both sides need checkpoints)."""
+    assert a.run_dir is not None and b.run_dir is not None
+    denoiser_a, info_a = load_denoiser(checkpoint_path(a.run_dir), weights)
+    denoiser_b, info_b = load_denoiser(checkpoint_path(b.run_dir), weights)
+    if not same_grid(info_a["grid"], info_b["grid"]):
+        raise UserError(f"the runs {a.run_dir} and {b.run_dir} were trained on different grids; compare runs on one grid")
+    sampler = str(info_a["config"]["sampler"]["name"])
+    denoiser_a, denoiser_b = denoiser_a.to(device), denoiser_b.to(device)
+    calls_a = denoiser_calls(denoiser_a, info_a, sampler, a.seeds, device)
+    calls_b = denoiser_calls(denoiser_b, info_b, sampler, a.seeds, device)
+    single = [median_r2(out, denoiser_b(y.to(device), torch.full((y.shape[0],), t, device=device)).cpu()) for t, y, out in calls_a]
+    trajectory = [median_r2(out_a, out_b) for (_, _, out_a), (_, _, out_b) in zip(calls_a, calls_b)]
+    return {
+        "levels_called": [t for t, _, _ in calls_a],
+        "sampler": sampler,
+        "r2_single_step_per_level": single,
+        "r2_trajectory_per_level": trajectory,
+    }
+
+
+def compare(cfg: DictConfig) -> dict[str, Any]:
+    """The comparison ``cfg`` asks for, as a dict (also printed, and written to ``out``)."""
+    a, b = load_side("a", str(cfg.a)), load_side("b", str(cfg.b))
+    check_pair(a, b)
+    result: dict[str, Any] = {"a": str(a.path), "b": str(b.path), "num_samples": len(a.seeds), **final_r2(a, b)}
+    if a.run_dir is not None and b.run_dir is not None:
+        result.update(per_level_r2(a, b, str(cfg.weights), str(cfg.device)))
+    text = json.dumps(result, indent=2)
+    if cfg.get("out"):
+        atomic_write_text(Path(str(cfg.out)).expanduser(), text + "\n")
+    print(text)
+    sys.stdout.flush()
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
+def main(cfg: DictConfig) -> None:
+    exit_on_user_error(lambda: compare(cfg))
+
+
+if __name__ == "__main__":
+    check_command_line("compare")
+    main()
