@@ -119,10 +119,9 @@ class PerLevel(Denoiser):
         return out.reshape(y.shape)
 
 
-class Blind(Denoiser):
-    """One network that ignores the noise level."""
+class OneNetwork(Denoiser):
+    """One network for every level: ``network_at`` any t is that network."""
 
-    conditioning = "blind"
     accepts_any_t = True
 
     def __init__(self, net: nn.Module) -> None:
@@ -131,23 +130,21 @@ class Blind(Denoiser):
 
     def network_at(self, t: float) -> nn.Module:
         return self.net
+
+
+class Blind(OneNetwork):
+    """One network that ignores the noise level."""
+
+    conditioning = "blind"
 
     def forward(self, y: Tensor, t: Tensor) -> Tensor:
         return self.net(y)
 
 
-class Conditioned(Denoiser):
+class Conditioned(OneNetwork):
     """One network ``net(y, t)`` that receives the noise level (through its own embedding)."""
 
     conditioning = "conditioned"
-    accepts_any_t = True
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def network_at(self, t: float) -> nn.Module:
-        return self.net
 
     def forward(self, y: Tensor, t: Tensor) -> Tensor:
         return self.net(y, t)

@@ -11,45 +11,23 @@ denoiser's, so memory is O(batch x chunk).
 import torch
 from torch import Tensor
 
-from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
 from lightning_diff.denoisers.contract import check_choice
 from lightning_diff.denoisers.registry import family
+from lightning_diff.denoisers.training_set import TrainingSetDenoiser
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
 
-class NearestDenoiser(ClosedFormDenoiser):
+class NearestDenoiser(TrainingSetDenoiser):
     """The training image nearest to y after scaling to the level, for any t."""
 
-    accepts_any_t = True
-
-    def __init__(self, data_shape: tuple[int, ...], chunk_size: int) -> None:
-        super().__init__()
-        if chunk_size < 1:
-            raise UserError(f"denoiser.chunk_size={chunk_size} must be >= 1")
-        self.data_shape = tuple(data_shape)
-        self.chunk_size = chunk_size
-        dim = int(torch.tensor(self.data_shape).prod())
-        self.register_buffer("data", torch.zeros(0, dim))
-        self.register_buffer("half_sq_norms", torch.zeros(0))
-
-    def _fit(self, x0: Tensor) -> None:
-        flat = x0.reshape(x0.shape[0], -1).float()
-        self.data = flat.to(self.data.device)
-        self.half_sq_norms = 0.5 * flat.pow(2).sum(dim=1).to(self.data.device)
-
     def nearest_index(self, y: Tensor, t: Tensor) -> Tensor:
-        """``i*`` for each row of ``y``: the largest logit a y.x_i - a^2 ||x_i||^2 / 2, lowest index on ties."""
-        if self.data.shape[0] == 0:
-            raise UserError("the nearest-image denoiser has no training data: fit it (denoiser.fit=closed_form) first")
+        """``i*`` for each row of ``y``: the largest score, the lowest index on ties."""
         flat = y.reshape(y.shape[0], -1).float()
-        a = torch.sqrt(1.0 - t.float().reshape(-1, 1))
         best = torch.full((flat.shape[0],), -torch.inf, device=flat.device)
         index = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)
-        for start in range(0, self.data.shape[0], self.chunk_size):
-            chunk = self.data[start : start + self.chunk_size]
-            logits = a * (flat @ chunk.T) - a.pow(2) * self.half_sq_norms[start : start + self.chunk_size]
-            value, position = logits.max(dim=1)
+        for start, _, scores in self.scores(flat, torch.sqrt(1.0 - t.float().reshape(-1, 1))):
+            value, position = scores.max(dim=1)
             better = value > best  # strictly: an earlier chunk keeps a tie
             best = torch.where(better, value, best)
             index = torch.where(better, position + start, index)
