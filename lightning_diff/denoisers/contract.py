@@ -57,8 +57,9 @@ class Denoiser(nn.Module):
         return self
 
 
-def check_choice(key: str, value: str, allowed: tuple[str, ...], family: str) -> None:
-    """One :class:`UserError` when a family does not support ``denoiser.<key>=value``."""
-    if value not in allowed:
-        raise UserError(f"denoiser.{key}={value!r} is not available for {family}; choose one of {', '.join(allowed)}")
-
+def check_choice(key: str, value: object, allowed: tuple[str, ...], family: str | None = None) -> None:
+    """One :class:`UserError` when ``denoiser.<key>=value`` is not one of ``allowed`` (for ``family``:
+    an option that exists but that family does not support)."""
+    if not isinstance(value, str) or value not in allowed:
+        verdict = f"not available for {family}" if family else "not valid"
+        raise UserError(f"denoiser.{key}={value!r} is {verdict}; choose one of {', '.join(allowed)}")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_diff.denoisers.conditioning import NoiseEmbedding, wrap
-from lightning_diff.denoisers.contract import Denoiser
+from lightning_diff.denoisers.contract import Denoiser, check_choice
 from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
@@ -42,11 +42,6 @@ TIME_MODULATIONS = ("film", "scale", "additive")
 BIAS_FREE_NORMS = ("bias_free_batch", "none")
 
 PAPER_DATA_SHAPE = (3, 64, 64)
-
-
-def _check_choice(key: str, value: object, valid: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in valid:
-        raise UserError(f"denoiser.{key}={value!r} is not valid; choose one of {', '.join(valid)}")
 
 
 def _check_positive_int(key: str, value: object) -> None:
@@ -227,10 +222,10 @@ def check_knobs(
             f"denoiser.kernel_size={kernel_size} is even; use an odd size (1, 3, 5, ...) so 'same' padding "
             "keeps the feature maps aligned with the skip connections"
         )
-    _check_choice("norm", norm, NORMS)
-    _check_choice("padding_mode", padding_mode, PADDING_MODES)
-    _check_choice("downsample", downsample, DOWNSAMPLES)
-    _check_choice("upsample", upsample, UPSAMPLES)
+    check_choice("norm", norm, NORMS)
+    check_choice("padding_mode", padding_mode, PADDING_MODES)
+    check_choice("downsample", downsample, DOWNSAMPLES)
+    check_choice("upsample", upsample, UPSAMPLES)
     check_image_size(data_shape[1], data_shape[2], num_blocks, kernel_size, padding_mode)
 
 
@@ -286,7 +281,7 @@ class UNet(nn.Module):
         if time_modulation is None:
             # A shift is an additive constant; scale-only keeps a bias-free net homogeneous in y.
             time_modulation = "scale" if self.bias_free else "film"
-        _check_choice("time_modulation", time_modulation, TIME_MODULATIONS)
+        check_choice("time_modulation", time_modulation, TIME_MODULATIONS)
 
         self.in_channels = channels
         self.num_blocks = num_blocks
