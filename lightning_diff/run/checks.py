@@ -5,7 +5,6 @@ it cannot know is wrong; Lightning and torch then fail late with a traceback, or
 Each check here names the key, the value and what would be valid, before anything is built.
 """
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,14 +20,8 @@ RUN_INTEGERS = {
     "trainer.log_every_n_steps": (1, "steps between logged training losses"),
 }
 # Optimizer settings that torch checks only when the first step is taken, with messages that
-# do not name the key: (smallest, largest) valid value, the bounds excluded where torch excludes them.
-OPTIMIZER_NUMBERS = {
-    "lr": (0.0, math.inf, "the learning rate must be > 0"),
-    "weight_decay": (0.0, math.inf, "must be >= 0"),
-    "momentum": (0.0, math.inf, "must be >= 0"),
-    "eps": (0.0, math.inf, "must be >= 0"),
-}
-
+# do not name the key: each must be a number >= 0, and the learning rate > 0.
+OPTIMIZER_NONNEGATIVE = ("weight_decay", "momentum", "eps")
 
 def _value(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
@@ -60,13 +53,13 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 def check_optimizer(settings: Mapping[str, Any]) -> None:
     """The optimizer's learning rate, weight decay, momentum, eps and betas are numbers in range."""
-    for key, (low, high, rule) in OPTIMIZER_NUMBERS.items():
+    for key in ("lr", *OPTIMIZER_NONNEGATIVE):
         if key not in settings:
             continue
         value = settings[key]
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        too_small = number and (value <= low if key == "lr" else value < low)
-        if not number or too_small or value > high:
+        if not number or value < 0 or (key == "lr" and value == 0):
+            rule = "the learning rate must be > 0" if key == "lr" else "must be >= 0"
             raise UserError(f"optimizer.{key}={value!r} is not valid: {rule}")
     betas = settings.get("betas")
     if betas is not None:
