@@ -35,6 +35,7 @@ from lightning_diff.run.lifecycle import open_wandb_run, run_finished
 from lightning_diff.run.quiet import quiet_third_party
 from lightning_diff.run.rundir import checkpoint_path, save_samples, wandb_run_id, write_json_atomic
 from lightning_diff.seeding import sample_seeds
+from lightning_diff.theory.optimum import excess_over_closed_form
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -64,6 +65,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary = summarize(module, trainer, parts, metrics, started)
         if trainer.is_global_zero:
             summary.update(write_samples(cfg, module, parts.ema, run_dir))
+            optimum = class_optimum(cfg, module, parts.ema, datamodule, logger)
+            if optimum is not None:
+                summary["class_optimum"] = optimum
             if cfg.get("theory") is not None:
                 summary["theory"] = check_theory(cfg, module, parts.ema, datamodule, summary, run_dir, logger)
             if logger:
@@ -195,6 +199,26 @@ def write_samples(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, run
     path = run_dir / "samples.npz"
     save_samples(path, samples.numpy(), module.grid.levels.tolist()[::-1], seeds)
     return {"samples": str(path), "sampler": str(cfg.sampler.name)}
+
+
+def class_optimum(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, datamodule: Any, logger: Any) -> dict[str, Any] | None:
+    """For an SGD run of a family that also has a closed form (linear, polynomial): its excess
+    validation loss over that closed form per level (EMA weights); None for other runs."""
+    if module.denoiser.fit != "sgd":
+        return None
+    twin = {**plain(cfg.denoiser), "fit": "closed_form", "conditioning": "per_level"}
+    try:
+        closed_form = build(twin, "denoiser", data_shape=datamodule.data_shape, grid=module.grid)
+    except UserError:
+        return None  # the family is trained by SGD only (unet, dit, bottleneck)
+    with ema_weights(ema, module):
+        result = excess_over_closed_form(
+            module.denoiser, closed_form, module.objective, datamodule.train_data, datamodule.val_data.to(module.device), int(cfg.seed)
+        )
+    if logger:
+        excess = {f"class_optimum/excess_val_loss_level_{k}": v for k, v in enumerate(result["excess_val_loss_per_level"])}
+        logger.log_metrics({**excess, "class_optimum/excess_val_loss_relative_max": result["excess_val_loss_relative_max"]})
+    return result
 
 
 def check_theory(

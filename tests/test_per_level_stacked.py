@@ -8,6 +8,7 @@ from torch import nn
 
 from lightning_diff.denoisers import bottleneck, dit, linear, unet
 from lightning_diff.denoisers.conditioning import PerLevel, stacking_pays
+from lightning_diff.denoisers.contract import Denoiser
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.objective import DiffusionObjective
 
@@ -27,13 +28,16 @@ BUILDERS = {
 }
 
 
-def pair(name: str) -> tuple[PerLevel, PerLevel]:
-    build, _ = BUILDERS[name]
+def pair(name: str) -> tuple[Denoiser, Denoiser]:
+    build, shape = BUILDERS[name]
     torch.manual_seed(0)
     looped = build(False)
     stacked = build(True)
+    if looped.needs_fitting:  # the convex families whiten their inputs from data first
+        looped.fit_data(torch.randn(64, *shape))
     stacked.load_state_dict(looped.state_dict())
-    assert isinstance(looped, PerLevel) and isinstance(stacked, PerLevel)
+    for model in (looped, stacked):
+        assert isinstance(getattr(model, "inner", model), PerLevel)
     return looped, stacked
 
 

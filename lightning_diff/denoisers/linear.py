@@ -8,7 +8,8 @@ rank-k affine denoiser keeps the top-k principal directions (the linear bottlene
 eigendecomposition is computed once at fit time and the denoiser works at any t.
 
 SGD: one affine map per level (or one blind map), full rank or factored through k dimensions,
-trained with the shared objective; same function class as the closed form.
+trained with the shared objective on whitened inputs (:mod:`.whitened`, which makes it
+converge without tuning); same function class as the closed form.
 """
 
 import torch
@@ -18,6 +19,7 @@ from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
 from lightning_diff.denoisers.conditioning import wrap
 from lightning_diff.denoisers.contract import Denoiser, check_choice
 from lightning_diff.denoisers.registry import family
+from lightning_diff.denoisers.whitened import WhitenedReadout, WhitenedSGD
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -70,20 +72,24 @@ class WienerDenoiser(ClosedFormDenoiser):
         return (self.mean + (coords * self.gains(t)) @ self.eigvecs.T).reshape(y.shape).to(y.dtype)
 
 
-class Affine(nn.Module):
-    """x -> W x + b on flattened inputs, W full or factored as B A with inner dimension k."""
+class AffineFeatures(nn.Module):
+    """phi(y) = [1, y]: the linear family as a readout of features (:mod:`.whitened`)."""
 
-    def __init__(self, data_shape: tuple[int, ...], rank: int | None = None) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
-        dim = _dimension(data_shape)
-        check_rank(rank, dim)
-        if rank is None:
-            self.map: nn.Module = nn.Linear(dim, dim)
-        else:
-            self.map = nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim))
+        self.num_features = dim + 1
 
-    def forward(self, y: Tensor) -> Tensor:
-        return self.map(y.reshape(y.shape[0], -1)).reshape(y.shape)
+    def forward(self, flat: Tensor) -> Tensor:
+        return torch.cat([torch.ones_like(flat[:, :1]), flat], dim=1)
+
+    def second_moment(self, x0: Tensor, t: float) -> Tensor:
+        """Exact E[phi phi^T] for y = a x0 + sqrt(t) e: [[1, a mu^T], [a mu, a^2 E[x x^T] + t I]]."""
+        x = x0.double()
+        a = (1.0 - t) ** 0.5
+        mean = a * x.mean(dim=0)
+        inner = a * a * (x.T @ x) / x.shape[0] + t * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        top = torch.cat([torch.ones(1, 1, dtype=x.dtype, device=x.device), mean[None, :]], dim=1)
+        return torch.cat([top, torch.cat([mean[:, None], inner], dim=1)], dim=0)
 
 
 @family("linear")
@@ -101,5 +107,10 @@ def build(
         check_choice("conditioning", conditioning, ("per_level",), "linear with fit=closed_form (optimal at every level)")
         return WienerDenoiser(data_shape, rank)
     if fit == "sgd":
-        return wrap(conditioning, grid, lambda: Affine(data_shape, rank), family="linear", stacked=stacked)
+        dim = _dimension(data_shape)
+        check_rank(rank, dim)
+        inner = wrap(
+            conditioning, grid, lambda: WhitenedReadout(AffineFeatures(dim), data_shape, rank), family="linear", stacked=stacked
+        )
+        return WhitenedSGD(inner, grid)
     raise UserError(f"denoiser.fit={fit!r} is not valid for linear; choose closed_form or sgd")

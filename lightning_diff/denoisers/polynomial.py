@@ -10,6 +10,9 @@ s = sqrt(t)), E_e[y^gamma] = prod_j E[(a x_j + s e)^gamma_j] and
 E[(a x + s e)^m] = sum_{even i <= m} C(m, i) (a x)^(m - i) s^i (i - 1)!!, so the normal
 equations only involve data moments up to order 2p (the Gram matrix) and p + 1 (the cross
 term). For random features the expectation is a Monte Carlo average over ``noise_draws``.
+
+SGD: one readout per level (or one blind readout) trained on whitened features
+(:mod:`.whitened`), which converges without tuning to the same optimum.
 """
 
 import math
@@ -29,6 +32,7 @@ from lightning_diff.denoisers.features import (
 )
 from lightning_diff.denoisers.registry import family
 from lightning_diff.denoisers.ridge import ridge_solve
+from lightning_diff.denoisers.whitened import WhitenedReadout, WhitenedSGD
 from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.diffusion.process import add_noise
 from lightning_diff.errors import UserError
@@ -41,7 +45,7 @@ MAX_EXACT_FEATURES = 20_000
 class PolynomialFeatures(nn.Module):
     """phi(y) for flattened y: exact monomials or random power features."""
 
-    def __init__(self, dim: int, degree: int, kind: str, num_random: int, seed: int) -> None:
+    def __init__(self, dim: int, degree: int, kind: str, num_random: int, seed: int, noise_draws: int = 8) -> None:
         super().__init__()
         if degree < 1:
             raise UserError(f"denoiser.degree={degree} must be >= 1")
@@ -63,11 +67,28 @@ class PolynomialFeatures(nn.Module):
                 raise UserError(f"denoiser.num_features={num_random} must be >= 1")
             self.register_buffer("projection", random_projection(num_random, dim, seed))
             self.num_features = 1 + dim + num_random
+        self.seed = seed
+        self.noise_draws = noise_draws
 
     def forward(self, flat: Tensor) -> Tensor:
         if self.kind == "exact":
             return monomials(flat, self.exponents)
         return power_features(flat, self.projection, self.degree)
+
+    def second_moment(self, x0: Tensor, t: float) -> Tensor:
+        """E[phi phi^T] at noise variance t over the training set ``x0`` (N, dim), float64: exact
+        for monomials, a Monte Carlo average over ``noise_draws`` draws for random features."""
+        if self.kind == "exact":
+            return exact_normal_equations(x0, self.exponents, t)[0]
+        phi = self(noisy_copies(x0.float(), t, self.noise_draws, generator(self.seed, 0x3A7E, device=x0.device))).double()
+        return phi.T @ phi / phi.shape[0]
+
+
+def noisy_copies(flat: Tensor, t: float, draws: int, gen: torch.Generator) -> Tensor:
+    """``draws`` noisy copies a x + sqrt(t) e of every row of ``flat``, stacked (draws * N, dim)."""
+    clean = flat.repeat(draws, 1)
+    eps = torch.randn(clean.shape, generator=gen, device=flat.device, dtype=flat.dtype)
+    return add_noise(clean, torch.full((clean.shape[0],), t, device=flat.device), eps)
 
 
 def _gaussian_moments(max_order: int) -> list[float]:
@@ -155,25 +176,8 @@ class PolynomialRidge(ClosedFormDenoiser):
                 eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
                 self.readout[k] = torch.linalg.solve(gram + lam * eye, cross).float()
             else:
-                gen = generator(self.seed, k, device=flat.device)
-                clean = flat.repeat(self.noise_draws, 1)
-                eps = torch.randn(clean.shape, generator=gen, device=flat.device)
-                noisy = add_noise(clean, torch.full((clean.shape[0],), t, device=flat.device), eps)
-                self.readout[k] = ridge_solve(self.features(noisy), clean, self.ridge)
-
-
-class PolynomialReadout(nn.Module):
-    """One trainable readout of the features, ``net(y) = phi(y) R`` (R starts at zero); the SGD
-    fit wraps one per level, or one for all levels in blind mode."""
-
-    def __init__(self, data_shape: tuple[int, ...], features: PolynomialFeatures) -> None:
-        super().__init__()
-        self.features = features
-        self.readout = nn.Parameter(torch.zeros(features.num_features, int(math.prod(data_shape))))
-
-    def forward(self, y: Tensor) -> Tensor:
-        phi = self.features(y.reshape(y.shape[0], -1).float())
-        return (phi @ self.readout).reshape(y.shape).to(y.dtype)
+                noisy = noisy_copies(flat, t, self.noise_draws, generator(self.seed, k, device=flat.device))
+                self.readout[k] = ridge_solve(self.features(noisy), flat.repeat(self.noise_draws, 1), self.ridge)
 
 
 @family("polynomial")
@@ -195,13 +199,14 @@ def build(
     dim = int(math.prod(data_shape))
 
     def make_features() -> PolynomialFeatures:
-        return PolynomialFeatures(dim, degree, features, num_features, seed)
+        return PolynomialFeatures(dim, degree, features, num_features, seed, noise_draws)
 
     if fit == "closed_form":
         check_choice("conditioning", conditioning, ("per_level",), "polynomial with fit=closed_form (one readout per level)")
         return PolynomialRidge(data_shape, grid, make_features(), ridge, noise_draws, seed)
     if fit == "sgd":
-        return wrap(
-            conditioning, grid, lambda: PolynomialReadout(data_shape, make_features()), family="polynomial", stacked=stacked
+        inner = wrap(
+            conditioning, grid, lambda: WhitenedReadout(make_features(), data_shape), family="polynomial", stacked=stacked
         )
+        return WhitenedSGD(inner, grid)
     raise UserError(f"denoiser.fit={fit!r} is not valid for polynomial; choose closed_form or sgd")

@@ -9,12 +9,12 @@ from lightning_diff.diffusion.process import add_noise, signal_scale
 from lightning_diff.diffusion.samplers import SAMPLERS, Sampler, make_sampler
 
 __all__ = [
-    "NoiseGrid",
-    "make_grid",
-    "DiffusionObjective",
-    "add_noise",
-    "signal_scale",
     "SAMPLERS",
+    "DiffusionObjective",
+    "NoiseGrid",
     "Sampler",
+    "add_noise",
+    "make_grid",
     "make_sampler",
+    "signal_scale",
 ]
