@@ -18,14 +18,16 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from lightning_diff.compare import denoiser_calls, median_r2
+from lightning_diff.compare import denoiser_calls, first_calls, median_r2
 from lightning_diff.compose import build
 from lightning_diff.denoisers import local_score
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
-from lightning_diff.run.atomic import atomic_write, atomic_write_text
+from lightning_diff.figures.plots import calibration_figure
+from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
+from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.sample import load_denoiser
 from lightning_diff.seeding import sample_seeds
 
@@ -49,39 +51,19 @@ def r2_table(cfg: DictConfig, reference: Any, info: dict[str, Any], sizes: list[
     shape = tuple(info["data_shape"])
     grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
     seeds = sample_seeds(int(cfg.seed), int(cfg.num_samples))
-    calls = denoiser_calls(reference, info, str(info["config"]["sampler"]["name"]), seeds, str(cfg.device))
-    first_call = {}
-    for t, y, out in calls:  # Heun asks twice at a level: its first state there is the one compared
-        first_call.setdefault(round(t, 12), (t, y, out))
+    calls = first_calls(denoiser_calls(reference, info, str(info["config"]["sampler"]["name"]), seeds, str(cfg.device)))
     datamodule = build(info["config"]["data"], "data")
     datamodule.setup("fit")
-    table = [[0.0] * len(sizes) for _ in first_call]
+    table = [[0.0] * len(sizes) for _ in calls]
     for column, size in enumerate(sizes):
         machine = local_score.build(
             shape, grid, equivariant=bool(cfg.equivariant), padding=str(cfg.padding), patch_sizes=size
         ).to(cfg.device)
         machine.fit_data(datamodule.train_data.to(cfg.device))
-        for row, (t, y, out) in enumerate(first_call.values()):
+        for row, (t, y, out) in enumerate(calls):
             levels = torch.full((y.shape[0],), t, device=cfg.device)
             table[row][column] = median_r2(out, machine(y.to(cfg.device), levels).cpu())
     return table
-
-
-def save_figure(path: Path, levels: list[float], sizes: list[int], table: list[list[float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for t, row in zip(levels, table):
-        ax.plot(sizes, row, marker="o", label=f"t={t:.3g}")
-    ax.set_xlabel("patch size")
-    ax.set_ylabel("median single-step r^2")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
-    plt.close(fig)
 
 
 def calibrate(cfg: DictConfig) -> dict[str, Any]:
@@ -104,9 +86,14 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
     ]
     result = {"ref": str(ref), "levels": levels, "candidates": sizes, "r2": table, "patch_sizes": chosen, "overrides": overrides}
     out = Path(str(cfg.out)).expanduser() if cfg.out else ref / "calibration"
-    save_figure(out / "calibration.png", levels, sizes, table)
+    figure = calibration_figure(out / "calibration.png", levels, sizes, table)
     atomic_write_text(out / "calibration.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "overrides.txt", " ".join(overrides) + "\n")
+    if cfg.wandb:
+        best = {f"calibrate/r2_best_level_{k}": max(row) for k, row in enumerate(table)}
+        sizes_chosen = {f"calibrate/patch_size_level_{k}": float(size) for k, size in enumerate(chosen)}
+        log_to_wandb(str(cfg.wandb_project), out, {**best, **sizes_chosen}, {"calibrate/r2_per_patch_size": figure},
+                     job_type="calibrate", name=f"calibrate {ref.name}")
     print(json.dumps({"patch_sizes": chosen, "overrides": " ".join(overrides), "out": str(out)}, indent=2))
     return result
 

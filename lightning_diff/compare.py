@@ -17,6 +17,7 @@ The trajectories use a's sampler and grid; the grids of the two runs must agree.
 
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,19 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 from torch import Tensor
 
 from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
+from lightning_diff.figures.grids import difference_grid
+from lightning_diff.figures.plots import per_level_figure
 from lightning_diff.metrics.r2 import SameNoiseR2
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
+from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.sample import load_denoiser
 
 
@@ -115,6 +120,15 @@ def denoiser_calls(denoiser: torch.nn.Module, info: dict[str, Any], sampler: str
     return calls
 
 
+def first_calls(calls: list) -> list[tuple[float, Tensor, Tensor]]:
+    """The first (t, y, x0_hat) at each level, highest noise first (Heun asks twice at a level:
+    its first state there is the one compared)."""
+    first: dict[float, tuple[float, Tensor, Tensor]] = {}
+    for t, y, out in calls:
+        first.setdefault(round(t, 12), (t, y, out))
+    return list(first.values())
+
+
 def median_r2(reference: Tensor, other: Tensor) -> float:
     metric = SameNoiseR2()
     metric.update(reference, other)
@@ -151,11 +165,34 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     if a.run_dir is not None and b.run_dir is not None:
         result.update(per_level_r2(a, b, str(cfg.weights), str(cfg.device)))
     text = json.dumps(result, indent=2)
-    if cfg.get("out"):
-        atomic_write_text(Path(str(cfg.out)).expanduser(), text + "\n")
+    out = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
+    if out is not None:
+        atomic_write_text(out, text + "\n")
+    if out is not None or cfg.wandb:
+        figures = write_figures(a, b, result, out)
+        if cfg.wandb:
+            numbers = {key: value for key, value in result.items() if isinstance(value, float)}
+            where = out.parent if out is not None else Path.cwd()
+            log_to_wandb(str(cfg.wandb_project), where, numbers, figures, job_type="compare", name=f"{a.path.parent.name} vs {b.path.parent.name}")
     print(text)
     sys.stdout.flush()
     return result
+
+
+def write_figures(a: Side, b: Side, result: dict[str, Any], out: Path | None) -> dict[str, Path]:
+    """The a | b | |a - b| grid of image samples and, with per-level numbers, their plot: beside
+    ``out`` (``<stem>.grid.png``, ``<stem>.levels.png``), else in a temporary folder for W&B."""
+    folder, stem = (out.parent, out.stem) if out is not None else (Path(tempfile.mkdtemp(prefix="compare_")), "compare")
+    figures = {}
+    if a.samples.dim() == 4:
+        figures["compare/grid"] = folder / f"{stem}.grid.png"
+        Image.fromarray(difference_grid(a.samples, b.samples)).save(figures["compare/grid"])
+    if "r2_single_step_per_level" in result:
+        series = {key: result[f"r2_{key}_per_level"] for key in ("single_step", "trajectory")}
+        figures["compare/per_level"] = per_level_figure(
+            folder / f"{stem}.levels.png", result["levels_called"], series, "median r^2 (b against a)", "same-noise r^2 per level"
+        )
+    return figures
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")

@@ -12,7 +12,6 @@ JSON goes to stdout (progress and warnings to stderr), to ``out=FILE`` when give
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from lightning_diff.metrics.suite import MetricSuite, fid_source
 from lightning_diff.progress import with_progress
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import wandb_run_id, write_json_atomic
+from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.sample import load_denoiser
 from lightning_diff.seeding import sample_seeds
 
@@ -152,8 +152,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _log_to_wandb(cfg: DictConfig, result: dict[str, Any], project: str) -> None:
     """Add the metrics under ``eval/`` to the W&B run of the run directory."""
-    import wandb
-
     if cfg.get("run_dir"):
         run_dir = Path(cfg.run_dir).expanduser()
     elif cfg.get("ckpt"):
@@ -163,18 +161,7 @@ def _log_to_wandb(cfg: DictConfig, result: dict[str, Any], project: str) -> None
     if not run_dir.is_dir():
         raise UserError(f"run_dir={run_dir} is not a directory; give the training run's directory")
     numbers = {f"eval/{key}": value for key, value in result.items() if isinstance(value, (int, float))}
-    run = wandb.init(
-        project=project,
-        id=wandb_run_id(run_dir),
-        dir=str(run_dir),
-        resume="allow",
-        mode=os.environ.get("WANDB_MODE", "offline"),
-    )
-    try:
-        run.log(numbers)
-        run.summary.update(numbers)
-    finally:
-        run.finish()
+    log_to_wandb(project, run_dir, numbers, run_id=wandb_run_id(run_dir))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")

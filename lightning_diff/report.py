@@ -9,6 +9,13 @@ memorized fraction (d1 / d2 < 1/3) and median d1 of its final measurement, FID w
 It is written as ``report.md`` and ``report.csv``. The figure ``report.png`` has one row per
 run and one column per sample seed, the same seeds in every row, each sample beside its
 nearest training image (in the run's own training set).
+
+When the sweep holds analytic machines (``local_score``, ``pca_locality``) or ``machines=[...]``
+names some (variants of the sweep, or run directories elsewhere, which then join the table and
+the figure), every trained run is also explained (:mod:`lightning_diff.explanations`): median
+r^2 against each machine and each baseline (closed-form linear, empirical, nearest), the share
+of the best baseline's error each machine removes, and the best explanation; per level in
+report.md's second table and, with Pearson r, in ``explanations.json``.
 """
 
 import csv
@@ -26,9 +33,11 @@ from PIL import Image
 
 from lightning_diff.compose import build
 from lightning_diff.errors import UserError
+from lightning_diff.explanations import explanations
 from lightning_diff.figures.grids import study_grid
 from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.nearest import nearest_two
+from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.study import Run, halves, runs_in_directory, runs_in_wandb_group
 
@@ -108,8 +117,33 @@ def fid_columns(runs: list[Run]) -> list[str]:
     return sorted({key for run in runs for key in run.measure if key.startswith(("fid@", "fd_"))})
 
 
-def rows(runs: list[Run], reference: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+def explanation_columns(explained: dict[int, dict[str, Any]]) -> list[str]:
+    """``r2 vs <explainer>`` for every explainer, ``removes <machine>`` for every machine, the best."""
+    explainers = sorted({name for result in explained.values() for name in result["r2_median"]})
+    machines = sorted({name for result in explained.values() for name in result.get("removes", {})})
+    if not explained:
+        return []
+    return [*(f"r2 vs {name}" for name in explainers), *(f"removes {name}" for name in machines), "best explanation"]
+
+
+def explanation_cells(result: dict[str, Any] | None, columns: list[str]) -> dict[str, Any]:
+    cells: dict[str, Any] = dict.fromkeys(columns)
+    if result is None:
+        return cells
+    for name, value in result["r2_median"].items():
+        cells[f"r2 vs {name}"] = value
+    for name, value in result.get("removes", {}).items():
+        cells[f"removes {name}"] = value
+    cells["best explanation"] = result["best_explanation"]
+    return cells
+
+
+def rows(
+    runs: list[Run], reference: str | None = None, explained: dict[int, dict[str, Any]] | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
     """The table's columns and one row of raw values per run (None where a value is missing)."""
+    explained = explained or {}
+    explaining = explanation_columns(explained)
     fids = fid_columns(runs)
     agreement = agreements(runs)
     vs_reference = reference_agreements(runs, reference)
@@ -125,6 +159,7 @@ def rows(runs: list[Run], reference: str | None = None) -> tuple[list[str], list
             "d1_median": run.measure.get("d1_median"),
         }
         row.update({key: run.measure.get(key) for key in fids})
+        row.update(explanation_cells(explained.get(id(run)), explaining))
         row.update(
             {
                 "agreement": agreement.get(id(run)),
@@ -134,7 +169,7 @@ def rows(runs: list[Run], reference: str | None = None) -> tuple[list[str], list
             }
         )
         table.append(row)
-    return [*FIXED_COLUMNS, *fids, *TRAILING_COLUMNS], table
+    return [*FIXED_COLUMNS, *fids, *explaining, *TRAILING_COLUMNS], table
 
 
 def _markdown_cell(column: str, value: Any) -> str:
@@ -234,6 +269,49 @@ def figure(path: Path, runs: list[Run], columns: int) -> Path | None:
     return path
 
 
+def with_machines(runs: list[Run], machines: list[str]) -> tuple[list[Run], set[str]]:
+    """The runs plus those of ``machines`` entries that are run directories; the machines' names."""
+    named, added = set(), []
+    for entry in machines:
+        path = Path(str(entry)).expanduser()
+        if path.is_dir():
+            found = runs_in_directory(path.resolve())
+            added += found
+            named |= {run.name for run in found}
+        elif any(run.name == str(entry) for run in runs):
+            named.add(str(entry))
+        else:
+            raise UserError(
+                f"machines: {entry!r} is neither a variant of the report's runs ({', '.join(sorted({r.name for r in runs}))}) "
+                "nor a run directory; name a variant of the sweep or give the machine run's directory"
+            )
+    return runs + added, named
+
+
+def write_explanations(out: Path, runs: list[Run], explained: dict[int, dict[str, Any]]) -> str:
+    """``explanations.json`` and the per-level Markdown table (appended to report.md); returns the table."""
+    by_name = {f"{run.name} ({run.split})": explained[id(run)] for run in runs if id(run) in explained}
+    atomic_write_text(out / "explanations.json", json.dumps(by_name, indent=2) + "\n")
+    if not any(result.get("removes_per_level") for result in by_name.values()):
+        return ""  # no machine and baseline with checkpoints on this machine: no trajectories
+    lines = [
+        "",
+        "Share of the best baseline's error each machine removes, per level (highest noise first): x0",
+        "predictions along each model's own trajectory from the same noise, median over samples.",
+        "",
+        "| run | best baseline | machine | per level |",
+        "|---|---|---|---|",
+    ]
+    for name, result in by_name.items():
+        for machine, shares in result.get("removes_per_level", {}).items():
+            cells = " ".join(f"{share:.3g}" for share in shares)
+            lines.append(f"| {name} | {result['best_baseline']} | {machine} | {cells} |")
+    text = "\n".join(lines) + "\n"
+    with (out / "report.md").open("a") as handle:
+        handle.write(text)
+    return text
+
+
 def report(cfg: DictConfig) -> dict[str, Any]:
     """Write report.md, report.csv and report.png for the runs ``cfg`` names; returns their paths and rows."""
     if (cfg.get("sweep") is None) == (cfg.get("wandb_group") is None):
@@ -248,8 +326,12 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         runs = runs_in_wandb_group(str(cfg.wandb_project), str(cfg.wandb_group))
         out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(f"report-{cfg.wandb_group}")
     out.mkdir(parents=True, exist_ok=True)
-    columns, table = rows(runs, cfg.get("reference"))
+    runs, named = with_machines(runs, list(cfg.get("machines") or []))
+    explained = explanations(runs, named, str(cfg.device))
+    columns, table = rows(runs, cfg.get("reference"), explained)
     markdown = write_markdown(out / "report.md", columns, table)
+    if explained:
+        markdown += write_explanations(out, runs, explained)
     write_csv(out / "report.csv", columns, table)
     picture = figure(out / "report.png", runs, int(cfg.columns)) if cfg.figure else None
     print(markdown)

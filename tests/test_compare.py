@@ -10,13 +10,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import r2_score
 
+from PIL import Image
+
 from conftest import run_module, train_config
 from lightning_diff.compare import compare
 from lightning_diff.denoisers.nearest import build as build_nearest
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.errors import UserError
+from lightning_diff.figures.grids import display_side
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.train import train
+from test_measure_callback import history_rows
 
 
 def compare_config(*overrides: str):
@@ -89,6 +93,28 @@ def test_run_directories_also_give_single_step_and_trajectory_r2_per_level(two_r
     other = compare(compare_config(f"a={two_runs / 'one'}", f"b={two_runs / 'two'}"))
     assert len(other["r2_single_step_per_level"]) == len(other["r2_trajectory_per_level"]) == 4
     assert min(other["r2_trajectory_per_level"]) < 1.0 and other["sampler"] == "ddim"
+
+
+def test_wandb_gets_the_numbers_the_per_level_plot_and_the_difference_grid(two_runs, tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, size=(10, 1, 4, 4))
+    seeds = list(range(10))
+    out = tmp_path / "images" / "r2.json"
+    out.parent.mkdir()
+    result = compare(compare_config(f"a={planted(tmp_path / 'a.npz', images, seeds)}",
+                                    f"b={planted(tmp_path / 'b.npz', -images, seeds)}", f"out={out}", "wandb=true"))
+    grid = Image.open(out.parent / "r2.grid.png")
+    side = display_side(4)
+    assert grid.size == (3 * (side + 2) + 2, 8 * (side + 2) + 2)  # 8 rows of a | b | |a - b|
+    (summary,) = [row for row in history_rows(out.parent) if "r2_samples_median" in row]
+    assert summary["r2_samples_median"] == pytest.approx(result["r2_samples_median"])
+    assert summary["compare/grid/width"] == grid.size[0] and summary["compare/grid/height"] == grid.size[1]
+    levels = tmp_path / "levels" / "r2.json"
+    levels.parent.mkdir()
+    compare(compare_config(f"a={two_runs / 'one'}", f"b={two_runs / 'two'}", f"out={levels}", "wandb=true"))
+    assert (levels.parent / "r2.levels.png").stat().st_size > 0
+    assert not (levels.parent / "r2.grid.png").exists()  # 2-D points: no image grid
+    assert any("compare/per_level/width" in row for row in history_rows(levels.parent))
 
 
 def test_runs_on_different_grids_are_refused(two_runs, tmp_path):

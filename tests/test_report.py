@@ -14,8 +14,10 @@ from PIL import Image
 
 from conftest import run_module, train_config
 from lightning_diff.errors import UserError
+from lightning_diff.explanations import Generated, explain_one
 from lightning_diff.figures.grids import LABEL_WIDTH, PADDING, PAIR_PADDING, display_side
 from lightning_diff.metrics.agreement import TwoModelAgreement
+from lightning_diff.metrics.r2 import per_sample_r2, per_sample_sse
 from lightning_diff.report import report
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.run.study import halves, runs_in_directory, runs_in_wandb_group
@@ -189,3 +191,48 @@ def test_a_missing_or_empty_sweep_directory_is_one_clear_error(tmp_path):
         "runs/multirun/<date>/<time> after `python -m lightning_diff.train -m --config-dir sweeps --config-name "
         "paper_unet`)"
     ]
+
+
+def test_trained_runs_are_explained_by_a_machine_against_the_baselines(sweep, tmp_path, fashion_stand_in):
+    # A local score machine from outside the sweep (machines=[DIR]); the sweep's empirical runs are the baseline.
+    machine_dir = tmp_path / "machines" / "ls"
+    train(train_config(
+        machine_dir, "experiment=paper/unet/empirical", "variant=ls3", "denoiser=local_score", "denoiser.equivariant=false",
+        "denoiser.padding=zeros", "denoiser.patch_sizes=3", *TINY, f"data.root={fashion_stand_in}",
+    ))
+    out = tmp_path / "report"
+    result = report(report_config(f"sweep={sweep}", f"out={out}", f"columns={COLUMNS}", f"machines=[{machine_dir}]"))
+    table = {(row["variant"], row["split"]): row for row in result["rows"]}
+    assert ("ls3", "full") in table  # the machine joins the table (and the figure)
+
+    def samples(path: Path) -> torch.Tensor:
+        return torch.from_numpy(np.load(path / "samples.npz")["samples"]).double()
+
+    machine, baseline = samples(machine_dir), samples(sweep / "2")  # the full-data empirical run
+    for job, variant in ((0, "paper"), (1, "no_skip")):
+        trained = samples(sweep / str(job))
+        row = table[(variant, "full")]
+        assert row["r2 vs ls3"] == pytest.approx(float(per_sample_r2(trained, machine).quantile(0.5)), abs=1e-12)
+        assert row["r2 vs empirical"] == pytest.approx(float(per_sample_r2(trained, baseline).quantile(0.5)), abs=1e-12)
+        share = 1 - per_sample_sse(trained, machine) / per_sample_sse(trained, baseline)
+        assert row["removes ls3"] == pytest.approx(float(share.quantile(0.5)), abs=1e-12)
+        assert row["best explanation"] == ("ls3" if row["r2 vs ls3"] > row["r2 vs empirical"] else "empirical")
+    assert table[("empirical", "full")]["r2 vs ls3"] is None  # closed-form runs are explainers, not explained
+    explained = json.loads((out / "explanations.json").read_text())
+    per_level = explained["paper (full)"]["removes_per_level"]["ls3"]
+    assert len(per_level) == 3 and explained["paper (full)"]["best_baseline"] == "empirical"
+    assert "Share of the best baseline's error" in (out / "report.md").read_text()
+    with pytest.raises(UserError, match="machines: 'nope' is neither a variant"):
+        report(report_config(f"sweep={sweep}", f"out={out}", "machines=[nope]"))
+
+
+def test_a_machine_that_equals_the_trained_run_removes_all_of_the_baselines_error():
+    gen = torch.Generator().manual_seed(0)
+    trained = torch.randn(6, 1, 4, 4, generator=gen)
+    seeds = np.arange(6)
+    exact = Generated(trained.clone(), seeds, None)
+    baseline = Generated(trained + 0.5 * torch.randn(6, 1, 4, 4, generator=gen), seeds, None)
+    result = explain_one(Generated(trained, seeds, None), {"copy": ("machine", exact), "mean": ("baseline", baseline),
+                                                           "same": ("machine", baseline)})
+    assert result["removes"]["copy"] == pytest.approx(1.0) and result["removes"]["same"] == pytest.approx(0.0)
+    assert result["best_explanation"] == "copy" and result["r2_median"]["copy"] == pytest.approx(1.0)

@@ -49,6 +49,14 @@ def nearest_grid(samples: Tensor, nearest: Tensor, distances: Tensor, pairs_per_
     return _to_uint8(grid)
 
 
+def difference_grid(reference: Tensor, other: Tensor, rows: int = 8) -> np.ndarray:
+    """The first ``rows`` sample pairs from the same noise, one per row: reference | other |
+    |reference - other| (black: equal, white: 2, the largest difference of images in [-1, 1])."""
+    a, b = reference[:rows].float(), other[:rows].float()
+    triples = [image for pair in zip(a, b, (a - b).abs() - 1) for image in pair]
+    return _to_uint8(make_grid(_display(torch.stack(triples)), nrow=3, padding=2, pad_value=1.0))
+
+
 # The study figure (python -m lightning_diff.report): a strip of row labels, then the pairs.
 LABEL_WIDTH = 180
 PAIR_PADDING = 1

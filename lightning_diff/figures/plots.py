@@ -78,3 +78,27 @@ def ratio_figure(path: Path, ratios: Tensor, threshold: float, title: str) -> Pa
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def per_level_figure(path: Path, levels: list[float], series: dict[str, list[float]], ylabel: str, title: str) -> Path:
+    """One line per series against the noise level t (highest noise first, as the sampler visits them)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in series.items():
+        ax.plot(range(len(values)), values, marker="o", label=label)
+    ax.set_xticks(range(len(levels)), [f"{t:.3g}" for t in levels], rotation=45, fontsize=7)
+    ax.set_xlabel("noise level t (sampling order)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def calibration_figure(path: Path, levels: list[float], sizes: list[int], table: list[list[float]]) -> Path:
+    """Median single-step r^2 against patch size, one line per level."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t, row in zip(levels, table):
+        ax.plot(sizes, row, marker="o", label=f"t={t:.3g}")
+    ax.set_xlabel("patch size")
+    ax.set_ylabel("median single-step r^2")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)

@@ -22,11 +22,15 @@ from torchmetrics.utilities import dim_zero_cat
 from lightning_diff.errors import UserError
 
 
+def per_sample_sse(reference: Tensor, other: Tensor) -> Tensor:
+    """``sum_p (b_ip - a_ip)^2`` of each row pair: the error r^2 divides by the reference's spread."""
+    return (other.reshape(other.shape[0], -1).double() - reference.reshape(reference.shape[0], -1).double()).pow(2).sum(dim=1)
+
+
 def per_sample_r2(reference: Tensor, other: Tensor) -> Tensor:
     """``r2_i`` of each row of ``other`` (N, ...) against the same row of ``reference``."""
     a = reference.reshape(reference.shape[0], -1).double()
-    b = other.reshape(other.shape[0], -1).double()
-    residual = (b - a).pow(2).sum(dim=1)
+    residual = per_sample_sse(reference, other)
     spread = (a - a.mean(dim=1, keepdim=True)).pow(2).sum(dim=1)
     constant = spread == 0
     r2 = 1.0 - residual / torch.where(constant, torch.ones_like(spread), spread)
