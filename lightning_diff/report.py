@@ -12,7 +12,7 @@ nearest training image (in the run's own training set).
 
 When the sweep holds analytic machines (``local_score``, ``pca_locality``) or ``machines=[...]``
 names some (variants of the sweep, or run directories elsewhere, which then join the table and
-the figure), every trained run is also explained (:mod:`lightning_diff.explanations`): median
+the figure), every trained run is also explained (:mod:`lightning_diff.metrics.explanation`): median
 r^2 against each machine and each baseline (closed-form linear, empirical, nearest), the share
 of the best baseline's error each machine removes, and the best explanation; per level in
 report.md's second table and, with Pearson r, in ``explanations.json``.
@@ -31,15 +31,18 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from lightning_diff.compare import denoiser_calls, first_calls
 from lightning_diff.compose import build
 from lightning_diff.errors import UserError
-from lightning_diff.explanations import explanations
 from lightning_diff.figures.grids import study_grid
 from lightning_diff.metrics.agreement import TwoModelAgreement
+from lightning_diff.metrics.explanation import Generated, explanations
 from lightning_diff.metrics.nearest import nearest_two
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
+from lightning_diff.run.rundir import checkpoint_path
 from lightning_diff.run.study import Run, halves, runs_in_directory, runs_in_wandb_group
+from lightning_diff.sample import load_denoiser
 
 FIXED_COLUMNS = (
     "variant",
@@ -288,6 +291,23 @@ def with_machines(runs: list[Run], machines: list[str]) -> tuple[list[Run], set[
     return runs + added, named
 
 
+@torch.no_grad()
+def generated(run: Run, device: str) -> Generated | None:
+    """What ``run`` generated from its seeds; None without samples on this machine."""
+    if run.samples is None:
+        return None
+    with np.load(run.samples) as archive:
+        samples, seeds = torch.from_numpy(np.asarray(archive["samples"], dtype=np.float64)), np.asarray(archive["seeds"])
+    trajectory = None
+    ckpt = checkpoint_path(Path(run.location))
+    if ckpt.is_file():
+        denoiser, info = load_denoiser(ckpt)
+        sampler = str(info["config"]["sampler"]["name"])
+        calls = first_calls(denoiser_calls(denoiser.to(device), info, sampler, [int(s) for s in seeds], device))
+        trajectory = torch.stack([out.double() for _, _, out in calls])
+    return Generated(samples, seeds, trajectory)
+
+
 def write_explanations(out: Path, runs: list[Run], explained: dict[int, dict[str, Any]]) -> str:
     """``explanations.json`` and the per-level Markdown table (appended to report.md); returns the table."""
     by_name = {f"{run.name} ({run.split})": explained[id(run)] for run in runs if id(run) in explained}
@@ -327,7 +347,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         out = Path(str(cfg.out)).expanduser() if cfg.get("out") else Path(f"report-{cfg.wandb_group}")
     out.mkdir(parents=True, exist_ok=True)
     runs, named = with_machines(runs, list(cfg.get("machines") or []))
-    explained = explanations(runs, named, str(cfg.device))
+    explained = explanations(runs, named, lambda run: generated(run, str(cfg.device)))
     columns, table = rows(runs, cfg.get("reference"), explained)
     markdown = write_markdown(out / "report.md", columns, table)
     if explained:

@@ -20,19 +20,16 @@ run only on the same data half, with the same seeds and sample shape.
 """
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_diff.compare import denoiser_calls, first_calls
 from lightning_diff.metrics.r2 import per_sample_pearson, per_sample_r2, per_sample_sse
-from lightning_diff.run.rundir import checkpoint_path
 from lightning_diff.run.study import Run
-from lightning_diff.sample import load_denoiser
 
 MACHINE_FAMILIES = ("local_score", "pca_locality")
 BASELINE_FAMILIES = ("linear", "empirical", "nearest")
@@ -62,22 +59,6 @@ class Generated:
     samples: Tensor
     seeds: np.ndarray
     trajectory: Tensor | None
-
-
-def generated(run: Run, device: str) -> Generated | None:
-    """What ``run`` generated from its seeds; None without samples on this machine."""
-    if run.samples is None:
-        return None
-    with np.load(run.samples) as archive:
-        samples, seeds = torch.from_numpy(np.asarray(archive["samples"], dtype=np.float64)), np.asarray(archive["seeds"])
-    trajectory = None
-    ckpt = checkpoint_path(Path(run.location))
-    if ckpt.is_file():
-        denoiser, info = load_denoiser(ckpt)
-        sampler = str(info["config"]["sampler"]["name"])
-        calls = first_calls(denoiser_calls(denoiser.to(device), info, sampler, [int(s) for s in seeds], device))
-        trajectory = torch.stack([out.double() for _, _, out in calls])
-    return Generated(samples, seeds, trajectory)
 
 
 def comparable(a: Generated, b: Generated) -> bool:
@@ -121,8 +102,11 @@ def removed(reference: Tensor, machine: Tensor, baseline: Tensor) -> Tensor:
     return torch.where(floor > 0, share, torch.full_like(share, float("nan")))
 
 
-def explanations(runs: list[Run], named_machines: set[str], device: str = "cpu") -> dict[int, dict[str, Any]]:
-    """The explanation of every trained run that has machines to compare with, by ``id(run)``."""
+def explanations(
+    runs: list[Run], named_machines: set[str], generate: Callable[[Run], Generated | None]
+) -> dict[int, dict[str, Any]]:
+    """The explanation of every trained run that has machines to compare with, by ``id(run)``;
+    ``generate`` gives what a run generated (None without samples on this machine)."""
     roles = {id(run): role(run, named_machines) for run in runs}
     if not any(kind == "machine" for kind in roles.values()):
         return {}
@@ -131,7 +115,7 @@ def explanations(runs: list[Run], named_machines: set[str], device: str = "cpu")
     def of(run: Run) -> Generated | None:
         if id(run) not in cache:
             print(f"explain: sampling trajectories of {run.name} ({run.location})", file=sys.stderr, flush=True)
-            cache[id(run)] = generated(run, device)
+            cache[id(run)] = generate(run)
         return cache[id(run)]
 
     found = {}
