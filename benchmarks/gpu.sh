@@ -2,7 +2,8 @@
 # The GPU-relevant benchmarks on one CUDA GPU, one combined table (about 5 minutes on an H100):
 # trainer overhead (fp32, channels_last, bf16 autocast, torch.compile as rows), per-level
 # training (loop vs stacked), exact NN search (achieved TFLOP/s against this card's measured
-# float32 matmul rate) and FID embedding throughput.
+# float32 matmul rate), FID embedding throughput and the equivariant local score machine at
+# 3x32x32, N = 50,000 against the straightforward per-pixel machine.
 #
 #   benchmarks/gpu.sh                # on the GPU; JSON into $OUT (if set) or benchmarks/results/gpu
 #   benchmarks/gpu.sh --device cpu   # the same code at tiny sizes on the CPU (a smoke test)
@@ -29,5 +30,5 @@ if [[ "$device" == "cuda" ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 fi
 # The compiled trainer variant goes last: compilation is the slowest part of the run.
-exec "$python" -m benchmarks per_level_training nn_search fid_embedding trainer_overhead \
+exec "$python" -m benchmarks per_level_training nn_search fid_embedding local_score trainer_overhead \
     --device "$device" --size "$size" --out "$out"
