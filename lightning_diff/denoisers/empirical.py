@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lightning_diff.denoisers.contract import check_choice
 from lightning_diff.denoisers.registry import family
-from lightning_diff.denoisers.training_set import TrainingSetDenoiser
+from lightning_diff.denoisers.training_set import LOG2_E, TrainingSetDenoiser
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -28,10 +28,10 @@ class EmpiricalDenoiser(TrainingSetDenoiser):
         total = torch.zeros_like(t)
         acc = torch.zeros_like(flat)
         for _, chunk, scores in self.scores(flat, torch.sqrt(1.0 - t)):
-            logits = scores / t
+            logits = scores * (LOG2_E / t)
             new_max = torch.maximum(running_max, logits.max(dim=1, keepdim=True).values)
-            rescale = torch.exp(running_max - new_max)
-            weights = torch.exp(logits - new_max)
+            rescale = torch.exp2(running_max - new_max)
+            weights = torch.exp2(logits - new_max)
             total = total * rescale + weights.sum(dim=1, keepdim=True)
             acc = acc * rescale + weights @ chunk
             running_max = new_max

@@ -32,6 +32,7 @@ from torch import Tensor
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
 from lightning_diff.denoisers.contract import check_choice
 from lightning_diff.denoisers.registry import family
+from lightning_diff.denoisers.training_set import LOG2_E
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -92,7 +93,7 @@ class PCALocalityDenoiser(ClosedFormDenoiser):
         training images. -d_i / (2t) differs from (a (y * x_i) M - a^2 (x_i^2) M / 2) / t by a
         term that is the same for every i (sum_n M[n, m] y_n^2), so those are the logits."""
         mask, a = self.mask(t), math.sqrt(1.0 - t)
-        scale = 1.0 / (t * self.temperature)
+        scale = LOG2_E / (t * self.temperature)
         batch, dim = flat.shape
         chunk = max(1, BLOCK_ELEMENTS // (batch * dim))
         running_max = torch.full((batch, dim), -math.inf, device=flat.device)
@@ -104,8 +105,8 @@ class PCALocalityDenoiser(ClosedFormDenoiser):
             norms = images.pow(2) @ mask
             logits = (a * scale) * products.reshape(batch, -1, dim) - (0.5 * a * a * scale) * norms
             new_max = torch.maximum(running_max, logits.amax(dim=1))
-            rescale = torch.exp(running_max - new_max)
-            weights = logits.sub_(new_max[:, None, :]).exp_()
+            rescale = torch.exp2(running_max - new_max)
+            weights = logits.sub_(new_max[:, None, :]).exp2_()
             total = total * rescale + weights.sum(dim=1)
             acc = acc * rescale + (weights * images[None]).sum(dim=1)
             running_max = new_max

@@ -6,6 +6,7 @@ For y = a x0 + sqrt(t) eps (a = sqrt(1 - t)), -||y - a x_i||^2 / 2 differs from
 of the training set at a time, so memory is O(batch x chunk) whatever N is.
 """
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -13,6 +14,12 @@ from torch import Tensor
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
 from lightning_diff.errors import UserError
+
+# Softmaxes over training candidates are taken in base 2 (logits times log2 e, then exp2): on
+# the development CPU torch's exp slows down 15x for arguments below about -88, where most
+# logits lie at low noise (their exponentials underflow); exp2 runs at one speed (0.29 ns per
+# element on 2 cores against exp's 0.32 in range and 4.7 below it).
+LOG2_E = 1.0 / math.log(2.0)
 
 
 class TrainingSetDenoiser(ClosedFormDenoiser):
