@@ -96,35 +96,39 @@ def box_sum(maps: Tensor, size: int, padding: str) -> Tensor:
     return F.avg_pool2d(padded, size, stride=1, divisor_override=1)
 
 
-def softmax_centres(
-    queries: Tensor, candidates: Tensor, norms: Tensor, centres: Tensor, a: float, t: float
-) -> Tensor:
-    """sum_m softmax_m((a q.c_m - a^2 |c_m|^2 / 2) / t) centre_m for queries (B, G, D), candidates
-    (M, D), their squared norms (M,) and centre pixels (M, C): (B, G, C), chunked over M.
+def softmax_centres(queries: Tensor, candidates: Tensor, centres: Tensor, a: float, t: float) -> Tensor:
+    """sum_m softmax_m(-||q - a c_m||^2 / (2t)) centre_m for queries (B, G, D), candidates (M, D)
+    and their centre pixels (M, C): (B, G, C), chunked over M.
 
-    Memory traffic and the exponentials are the cost: the scalars (and log2 e) are folded into
-    the operands so one ``addmm`` writes the logits in base 2, ``exp2`` is taken in place (see
-    ``LOG2_E``), and a column of ones beside the centres gives the softmax's normaliser in the
-    same product as the mean.
-    The logits' terms grow like |c|^2 / t, so at low noise their float32 rounding would reach
-    the output (2e-5 at t = 1e-3); where its bound exceeds ``LOGIT_ROUNDING`` the logits are
-    formed in float64 and only their differences from the running maximum go to float32.
+    Up to a term that is the same for every candidate the logit is (a q.c - a^2 |c|^2 / 2) / t,
+    and the same holds after moving both to the candidates' mean m (q - a m, c - m), which keeps
+    the terms small on real images (a background shared by most patches). Memory traffic and
+    the exponentials are the cost: the scalars (and log2 e) are folded into the operands so one
+    ``addmm`` writes the logits in base 2, ``exp2`` is taken in place (see ``LOG2_E``), and a
+    column of ones beside the centres gives the softmax's normaliser in the same product as the
+    mean. The terms still grow like |c|^2 / t, so at low noise their float32 rounding would reach
+    the output; where its bound exceeds ``LOGIT_ROUNDING`` the logits are formed in float64 and
+    only their differences from the running maximum go to float32.
     """
     batch, groups, dim = queries.shape
+    mean = candidates.mean(dim=0)
+    queries = queries.reshape(-1, dim) - a * mean
+    candidates = candidates - mean
+    norms = candidates.pow(2).sum(dim=1)
     exact = logit_rounding(queries, norms, a, t) > LOGIT_ROUNDING
     precision = torch.float64 if exact else queries.dtype
-    scaled = queries.reshape(-1, dim).to(precision) * (LOG2_E * a / t)
+    scaled = queries.to(precision) * (LOG2_E * a / t)
     offsets = norms.to(precision) * (-0.5 * LOG2_E * a * a / t)
     operands = candidates.to(precision)
     weighted = torch.cat([centres, torch.ones(centres.shape[0], 1, dtype=centres.dtype, device=centres.device)], 1)
     chunk = max(1, BLOCK_ELEMENTS // scaled.shape[0])
     running_max = torch.full((scaled.shape[0], 1), -math.inf, dtype=precision, device=queries.device)
-    acc = torch.zeros(scaled.shape[0], weighted.shape[1], dtype=queries.dtype, device=queries.device)
+    acc = torch.zeros(scaled.shape[0], weighted.shape[1], dtype=centres.dtype, device=queries.device)
     for start in range(0, candidates.shape[0], chunk):
         block = slice(start, start + chunk)
         logits = torch.addmm(offsets[block], scaled, operands[block].T)
         new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
-        shifted = logits.sub_(new_max).to(queries.dtype)
+        shifted = logits.sub_(new_max).to(centres.dtype)
         acc = acc * torch.exp2(running_max - new_max).to(acc.dtype) + shifted.exp2_() @ weighted[block]
         running_max = new_max
     return (acc[:, :-1] / acc[:, -1:]).reshape(batch, groups, -1)
@@ -207,7 +211,7 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
         queries = F.unfold(F.pad(y, (half,) * 4, mode="circular"), size).transpose(1, 2)  # (B, HW, C P^2)
         candidates = F.unfold(self.data, size).transpose(1, 2).reshape(-1, channels * size * size)
         centres = self.data[:, :, half : height - half, half : width - half].permute(0, 2, 3, 1).reshape(-1, channels)
-        out = softmax_centres(queries, candidates, candidates.pow(2).sum(dim=1), centres, a, t)
+        out = softmax_centres(queries, candidates, centres, a, t)
         return out.transpose(1, 2).reshape(y.shape)
 
     def _every_position_zeros(self, y: Tensor, size: int, a: float, t: float) -> Tensor:
@@ -224,9 +228,7 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
                 where = (rows.reshape(-1, 1) * width + cols.reshape(1, -1)).reshape(-1).to(y.device)
                 candidates = patches[:, :, where].permute(0, 2, 1).reshape(-1, patches.shape[1])
                 centres = flat_data[:, :, where].permute(0, 2, 1).reshape(-1, channels)
-                group = softmax_centres(
-                    queries[:, :, where].transpose(1, 2), candidates, candidates.pow(2).sum(dim=1), centres, a, t
-                )
+                group = softmax_centres(queries[:, :, where].transpose(1, 2), candidates, centres, a, t)
                 out[:, :, where] = group.transpose(1, 2)
         return out.reshape(y.shape)
 
