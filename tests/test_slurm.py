@@ -208,8 +208,8 @@ def test_sweep_file_mistakes_are_named(tmp_path):
     (tmp_path / "broken.yaml").write_text("hydra: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         expand(tmp_path / "broken.yaml")
-    with pytest.raises(UserError, match="has 23 runs, numbered 0..22"):
-        run_overrides(SWEEPS / "paper_unet.yaml", 23)
+    with pytest.raises(UserError, match="has 27 runs, numbered 0..26"):
+        run_overrides(SWEEPS / "paper_unet.yaml", 27)
     assert len(expand(SWEEPS / "dataset_size.yaml", ["data.split=half_a,half_b"])) == 8
 
 

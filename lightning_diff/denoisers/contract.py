@@ -8,7 +8,9 @@ declares, never look inside a family:
   level, none sees t), ``conditioned`` (one network with a noise embedding) or ``blind``
   (one network that never sees t);
 - ``fit``: ``closed_form`` (computed from the training set by :meth:`Denoiser.fit_data`,
-  which the training module calls in ``setup``) or ``sgd`` (trained by the optimizer);
+  which the training module calls in ``setup`` while :attr:`Denoiser.needs_fitting`) or
+  ``sgd`` (trained by the optimizer; an SGD family may still read data statistics in
+  ``fit_data`` first, as the convex families' whitening does);
 - ``accepts_any_t``: whether it is defined at noise levels off its training grid;
 - :meth:`Denoiser.num_parameters`: the numbers that define it;
 - :meth:`Denoiser.network_at`: the network that denoises at a level (theory checks use it).
@@ -45,7 +47,7 @@ class Denoiser(nn.Module):
         return False
 
     def fit_data(self, x0: Tensor) -> None:
-        """Fit from the training set (closed-form families only)."""
+        """Fit from the training set (closed-form families; SGD families that precondition)."""
         raise UserError(f"{type(self).__name__} is trained by SGD (denoiser.fit=sgd): it has nothing to fit in closed form")
 
     def num_parameters(self) -> int:
