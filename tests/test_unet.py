@@ -6,7 +6,16 @@ import torch
 from torch import nn
 
 from lightning_diff.denoisers.conditioning import PerLevel
-from lightning_diff.denoisers.unet import NORMS, PADDING_MODES, UNet, build, paper_unet
+from lightning_diff.denoisers.unet import (
+    NORMS,
+    PADDING_MODES,
+    RELEASE_SCALE_CLAMP,
+    RELEASE_SCALE_STD,
+    BiasFreeBatchNorm2d,
+    UNet,
+    build,
+    paper_unet,
+)
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.errors import UserError
 
@@ -230,3 +239,18 @@ def test_bad_data_and_inputs_raise_clear_user_errors() -> None:
         build((1, 16, 16), make_grid(2), fit="closed_form")
     with pytest.raises(UserError, match=r"denoiser\.conditioning='noisy'"):
         build((1, 16, 16), make_grid(2), conditioning="noisy", num_blocks=2, base_channels=4)
+
+
+def test_bias_free_batch_norm_starts_as_the_release_does_and_norm_init_overrides_it() -> None:
+    def scales(model: nn.Module) -> torch.Tensor:
+        return torch.cat([m.weight.detach() for m in model.modules() if isinstance(m, (BiasFreeBatchNorm2d, nn.BatchNorm2d))])
+
+    torch.manual_seed(0)
+    release = scales(UNet((1, 16, 16), norm="bias_free_batch", base_channels=16))
+    assert release.abs().max() <= RELEASE_SCALE_CLAMP
+    assert release.std().item() == pytest.approx(RELEASE_SCALE_STD, rel=0.1)  # randn * 2/9/64 (hardly ever clamped)
+    assert torch.all(scales(UNet((1, 16, 16), norm="bias_free_batch", norm_init="ones")) == 1)
+    assert torch.all(scales(UNet((1, 16, 16), norm="batch")) == 1)  # the paper's BatchNorm keeps torch's start
+    assert scales(UNet((1, 16, 16), norm="batch", norm_init="release")).abs().max() <= RELEASE_SCALE_CLAMP
+    with pytest.raises(UserError, match="denoiser.norm_init='zeros' is not valid"):
+        UNet((1, 16, 16), norm="bias_free_batch", norm_init="zeros")

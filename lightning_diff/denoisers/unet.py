@@ -35,6 +35,11 @@ from lightning_diff.errors import UserError
 
 SKIPS = ("concat", "none")
 NORMS = ("batch", "bias_free_batch", "group", "none")
+# The scale's start: "ones" (torch's default), or "release": randn * (2/9/64) clamped to
+# +-0.025, as the bias-free CNNs of Kadkhodaie et al. and the paper authors' release start theirs.
+NORM_INITS = ("ones", "release")
+RELEASE_SCALE_STD = 2.0 / 9.0 / 64.0
+RELEASE_SCALE_CLAMP = 0.025
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 DOWNSAMPLES = ("avg", "max", "conv")
 UPSAMPLES = ("transpose", "nearest_conv")
@@ -122,17 +127,31 @@ class BiasFreeBatchNorm2d(nn.Module):
         return x * (self.weight / std).reshape(1, -1, 1, 1).to(x.dtype)
 
 
-def make_norm(norm: str, channels: int, norm_groups: int) -> nn.Module:
-    """The normalisation layer for ``channels`` feature maps."""
+def make_norm(norm: str, channels: int, norm_groups: int, norm_init: str = "ones") -> nn.Module:
+    """The normalisation layer for ``channels`` feature maps, its scale started as ``norm_init``."""
     if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    if norm == "bias_free_batch":
-        return BiasFreeBatchNorm2d(channels)
-    if norm == "group":
+        layer: nn.Module = nn.BatchNorm2d(channels)
+    elif norm == "bias_free_batch":
+        layer = BiasFreeBatchNorm2d(channels)
+    elif norm == "group":
         # Largest group count up to norm_groups that divides the channels, so any width works.
         groups = max(g for g in range(1, min(norm_groups, channels) + 1) if channels % g == 0)
-        return nn.GroupNorm(groups, channels)
-    return nn.Identity()
+        layer = nn.GroupNorm(groups, channels)
+    else:
+        return nn.Identity()
+    if norm_init == "release":
+        with torch.no_grad():
+            scale = torch.randn(channels) * RELEASE_SCALE_STD
+            layer.weight.copy_(scale.clamp_(-RELEASE_SCALE_CLAMP, RELEASE_SCALE_CLAMP))
+    return layer
+
+
+def default_norm_init(norm: str, norm_init: str | None) -> str:
+    """``norm_init``, or for null the release's start for bias-free batch norm and ones otherwise."""
+    if norm_init is None:
+        return "release" if norm == "bias_free_batch" else "ones"
+    check_choice("norm_init", norm_init, NORM_INITS)
+    return norm_init
 
 
 class ConvUnit(nn.Module):
@@ -270,12 +289,14 @@ class UNet(nn.Module):
         in_channels: int | None = None,
         embedding_dim: int = 0,
         time_modulation: str | None = None,
+        norm_init: str | None = None,
     ) -> None:
         super().__init__()
         channels = _validated_channels(data_shape, in_channels)
         check_knobs(data_shape, num_blocks, base_channels, kernel_size, norm, padding_mode, downsample, upsample)
         check_attention(attention, attention_heads, base_channels * 2**num_blocks)
         _check_positive_int("norm_groups", norm_groups)
+        norm_init = default_norm_init(norm, norm_init)
         bottom = base_channels * 2**num_blocks
         self.bias_free = norm in BIAS_FREE_NORMS
         if time_modulation is None:
@@ -293,14 +314,14 @@ class UNet(nn.Module):
         widths = [base_channels * 2**level for level in range(num_blocks + 1)]
 
         def unit(fan_in: int, fan_out: int, normalised: bool = True) -> ConvUnit:
-            layer_norm = make_norm(norm, fan_out, norm_groups) if normalised else nn.Identity()
+            layer_norm = make_norm(norm, fan_out, norm_groups, norm_init) if normalised else nn.Identity()
             return ConvUnit(fan_in, fan_out, kernel_size, padding_mode, layer_norm, embedding_dim, time_modulation)
 
         self.encoder, self.down = self._encoder(unit, widths, channels, downsample)
         self.middle = ConvStack([unit(widths[-2], bottom), unit(bottom, bottom)])
         self.attention = None
         if attention:
-            attention_norm = make_norm(norm, bottom, norm_groups)
+            attention_norm = make_norm(norm, bottom, norm_groups, norm_init)
             self.attention = LowResolutionAttention(bottom, attention_heads, attention_norm, bias=not self.bias_free)
         self.up, self.decoder = self._decoder(unit, widths, upsample)
         self.output = nn.Conv2d(
@@ -426,6 +447,7 @@ def build(
     in_channels: int | None = None,
     embedding_dim: int = 64,
     time_modulation: str | None = None,
+    norm_init: str | None = None,
     stacked: bool | str = "auto",
 ) -> Denoiser:
     """UNet denoiser trained by SGD in any conditioning mode (``embedding_dim`` is for ``conditioned``)."""
@@ -446,6 +468,7 @@ def build(
         norm_groups=norm_groups,
         in_channels=in_channels,
         time_modulation=time_modulation,
+        norm_init=norm_init,
     )
     shape = tuple(data_shape)
 
