@@ -168,21 +168,23 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
     if out is not None:
         atomic_write_text(out, text + "\n")
-    if out is not None or cfg.wandb:
-        figures = write_figures(a, b, result, out)
-        if cfg.wandb:
-            numbers = {key: value for key, value in result.items() if isinstance(value, float)}
+    figures = write_figures(a, b, result, out.parent, out.stem) if out is not None else {}
+    if cfg.wandb:
+        numbers = {key: value for key, value in result.items() if isinstance(value, float)}
+        name = f"{a.path.parent.name} vs {b.path.parent.name}"
+        with tempfile.TemporaryDirectory(prefix="compare_") as scratch:  # W&B copies the images it logs
+            if out is None:
+                figures = write_figures(a, b, result, Path(scratch), "compare")
             where = out.parent if out is not None else Path.cwd()
-            log_to_wandb(str(cfg.wandb_project), where, numbers, figures, job_type="compare", name=f"{a.path.parent.name} vs {b.path.parent.name}")
+            log_to_wandb(str(cfg.wandb_project), where, numbers, figures, job_type="compare", name=name)
     print(text)
     sys.stdout.flush()
     return result
 
 
-def write_figures(a: Side, b: Side, result: dict[str, Any], out: Path | None) -> dict[str, Path]:
-    """The a | b | |a - b| grid of image samples and, with per-level numbers, their plot: beside
-    ``out`` (``<stem>.grid.png``, ``<stem>.levels.png``), else in a temporary folder for W&B."""
-    folder, stem = (out.parent, out.stem) if out is not None else (Path(tempfile.mkdtemp(prefix="compare_")), "compare")
+def write_figures(a: Side, b: Side, result: dict[str, Any], folder: Path, stem: str) -> dict[str, Path]:
+    """The a | b | |a - b| grid of image samples and, with per-level numbers, their plot, as
+    ``<folder>/<stem>.grid.png`` and ``<stem>.levels.png``; their W&B keys to their paths."""
     figures = {}
     if a.samples.dim() == 4:
         figures["compare/grid"] = folder / f"{stem}.grid.png"
