@@ -6,8 +6,9 @@ are the cartesian product of those values and of any extra overrides, expanded b
 own basic sweeper in the order a multirun numbers its jobs, so array task i runs exactly
 what ``python -m lightning_diff.train -m`` would run as job i::
 
-    python -m lightning_diff.sweep count sweeps/paper_unet.yaml                # 23
+    python -m lightning_diff.sweep count sweeps/paper_unet.yaml                # 27
     python -m lightning_diff.sweep overrides sweeps/paper_unet.yaml 3          # overrides of run 3, one a line
+    python -m lightning_diff.sweep keep runs/study/no_skip docs/results/study  # a finished run's summary
 """
 
 import argparse
@@ -22,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_diff.errors import UserError
 from lightning_diff.run.cli import exit_on_user_error
+from lightning_diff.run.study import keep_summary
 
 
 def sweep_params(path: Path) -> list[str]:
@@ -64,7 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     show.add_argument("sweep", type=Path)
     show.add_argument("index", type=int, help="0-based run number (SLURM_ARRAY_TASK_ID)")
     show.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    keep = commands.add_parser("keep", help="copy a finished run's run.json and samples.npz to DEST/<run name>")
+    keep.add_argument("run_dir", type=Path)
+    keep.add_argument("dest", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "keep":
+        print(exit_on_user_error(lambda: keep_summary(args.run_dir, args.dest)))
+        return
     if args.command == "count":
         print(exit_on_user_error(lambda: len(expand(args.sweep, args.overrides))))
         return

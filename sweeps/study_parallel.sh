@@ -12,6 +12,12 @@
 # OUT_DIR/<preset>.log; a preset that fails is reported at the end and the others go on.
 # The overrides apply to every preset (same data, same noise, same seeds). Then
 # `python -m lightning_diff.report sweep=OUT_DIR` writes OUT_DIR/report.{md,csv,png}.
+#
+# Over several sittings: a preset whose run finished (OUT_DIR/<preset>/run.json, or KEEP's copy)
+# is skipped, an interrupted one resumes from its checkpoint. With KEEP=DIR each finished run's
+# run.json and samples.npz are copied to DIR/<preset>/ as it finishes (e.g. a folder under
+# docs/results/ that is committed), and the report is made from DIR, so a grid split across
+# sittings or machines still gives one report. PRESETS="paper no_skip ..." runs only those.
 set -uo pipefail
 
 if [ $# -lt 2 ]; then
@@ -26,15 +32,26 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-presets=$(cd "$here/conf/experiment/paper/unet" && ls *.yaml | sed 's/\.yaml$//')
+presets=${PRESETS:-$(cd "$here/conf/experiment/paper/unet" && ls *.yaml | sed 's/\.yaml$//')}
+keep=${KEEP:-}
+if [ -n "$keep" ]; then
+    mkdir -p "$keep"
+    keep=$(cd "$keep" && pwd)
+fi
 started=$(date +%s)
 printf '%s\n' $presets | xargs -P "$jobs" -I{} bash -c '
+    if [ -f "$1/{}/run.json" ] || { [ -n "$2" ] && [ -f "$2/{}/run.json" ]; }; then
+        [ -n "$2" ] && [ ! -f "$2/{}/run.json" ] && "$0" -m lightning_diff.sweep keep "$1/{}" "$2" >/dev/null
+        echo "kept   {} (finished before)"
+        exit 0
+    fi
     start=$(date +%s)
-    if "$0" -m lightning_diff.train experiment=paper/unet/{} hydra.run.dir="$1/{}" "${@:2}" >"$1/{}.log" 2>&1; then
+    if "$0" -m lightning_diff.train experiment=paper/unet/{} hydra.run.dir="$1/{}" "${@:3}" >"$1/{}.log" 2>&1; then
+        [ -n "$2" ] && "$0" -m lightning_diff.sweep keep "$1/{}" "$2" >/dev/null
         echo "done   {} ($(( $(date +%s) - start )) s)"
     else
         echo "FAILED {} ($(( $(date +%s) - start )) s): see $1/{}.log"; tail -3 "$1/{}.log"
     fi
-' "$python" "$out" "$@"
+' "$python" "$out" "$keep" "$@"
 echo "study: $(( $(date +%s) - started )) s wall for $(printf '%s\n' $presets | wc -l) presets, $jobs at a time"
-"$python" -m lightning_diff.report sweep="$out"
+"$python" -m lightning_diff.report sweep="${keep:-$out}"

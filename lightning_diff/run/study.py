@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from lightning_diff.errors import UserError
+from lightning_diff.run.atomic import atomic_write, atomic_write_text
 
 LEVEL_KEY = re.compile(r"^val/loss_level_(\d+)$")
 MEASURE_PREFIX = "measure/"
@@ -173,3 +174,19 @@ def halves(runs: list[Run]) -> list[tuple[Run, Run]]:
         if run.split in HALVES:
             by_key.setdefault(run.pair_key(), {})[run.split] = run
     return [(pair["half_a"], pair["half_b"]) for pair in by_key.values() if len(pair) == 2]
+
+
+def keep_summary(run_dir: Path, dest: Path) -> Path:
+    """Copy what the report reads of a finished run (its ``run.json``, ``samples.npz`` and Hydra
+    overrides; not the checkpoints) to ``dest/<run directory name>``, so a grid run over several
+    sittings or machines keeps one reportable folder: ``report sweep=dest``."""
+    summary = run_dir / "run.json"
+    if not summary.is_file():
+        raise UserError(f"{run_dir} holds no run.json: the run has not finished, so there is nothing to keep yet")
+    target = dest / run_dir.name
+    for name in ("samples.npz", ".hydra/overrides.yaml"):
+        source = run_dir / name
+        if source.is_file():
+            atomic_write(target / name, lambda handle, source=source: handle.write(source.read_bytes()))
+    atomic_write_text(target / "run.json", summary.read_text())  # last: its presence means the copy is whole
+    return target

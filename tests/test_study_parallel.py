@@ -1,0 +1,53 @@
+"""Issue #15, part: the study grid over several sittings (sweeps/study_parallel.sh with KEEP)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from lightning_diff.errors import UserError
+from lightning_diff.run.study import keep_summary, runs_in_directory
+
+TINY = [
+    "data.num_train=24", "data.num_val=8", "diffusion.num_levels=3", "num_samples=4", "sampler.batch_size=4",
+    "callbacks.measure.every_n_steps=0", "callbacks.measure.num_samples=4", "logger=none",
+]
+
+
+def study(out: Path, keep: Path, root: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, KEEP=str(keep), PRESETS="empirical linear", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        ["bash", str(REPO / "sweeps" / "study_parallel.sh"), str(out), "1", *TINY, f"data.root={root}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_a_grid_split_across_sittings_keeps_each_finished_run_and_reports_from_the_kept_copies(tmp_path, fashion_stand_in):
+    keep = tmp_path / "docs_results_grid"
+    first = study(tmp_path / "sitting1", keep, fashion_stand_in)
+    assert first.returncode == 0, first.stderr
+    assert "done   empirical" in first.stdout and "done   linear" in first.stdout
+    for preset in ("empirical", "linear"):
+        kept = json.loads((keep / preset / "run.json").read_text())
+        assert kept == json.loads((tmp_path / "sitting1" / preset / "run.json").read_text())
+        assert (keep / preset / "samples.npz").is_file() and not (keep / preset / "checkpoints").exists()
+    assert (keep / "report.md").is_file()
+    # Another sitting on another machine: the run directories are gone, the kept copies are not.
+    shutil.rmtree(tmp_path / "sitting1")
+    second = study(tmp_path / "sitting2", keep, fashion_stand_in)
+    assert second.returncode == 0, second.stderr
+    assert "kept   empirical (finished before)" in second.stdout and "done" not in second.stdout
+    assert sorted(run.name for run in runs_in_directory(keep)) == ["empirical", "linear"]
+
+
+def test_keeping_an_unfinished_run_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match="holds no run.json: the run has not finished"):
+        keep_summary(tmp_path / "run", tmp_path / "kept")
+    assert not (tmp_path / "kept").exists()
