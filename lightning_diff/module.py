@@ -15,6 +15,8 @@ from lightning_diff.errors import NonFiniteLossError, UserError
 from lightning_diff.run.checkpoint import CONFIG_KEY
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# The per-level validation losses at every validation, kept in checkpoints so a resumed run keeps its curve.
+VAL_HISTORY_KEY = "lightning_diff_val_history"
 
 
 class WarmupCosine:
@@ -66,6 +68,7 @@ class DiffusionModule(L.LightningModule):
         self.seed = seed
         self.run_info = run_info or {}
         self._unchecked_losses: list[Tensor] = []
+        self.val_history: list[dict[str, Any]] = []
         # Listed once per fit: walking a per-level UNet's module tree every step costs milliseconds.
         self._trained: list[nn.Parameter] | None = None
 
@@ -144,6 +147,10 @@ class DiffusionModule(L.LightningModule):
         for k, value in enumerate(losses.tolist()):
             self.log(f"val/loss_level_{k}", value, sync_dist=True)
         self.log("val/loss", float(losses.mean()), prog_bar=True, sync_dist=True)
+        # The curve the convergence check reads (run.json val_history); the validation after
+        # training repeats the last step's, which replaces it rather than adding a point.
+        self.val_history = [entry for entry in self.val_history if entry["step"] != self.global_step]
+        self.val_history.append({"step": int(self.global_step), "val_loss_per_level": losses.tolist()})
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -159,6 +166,10 @@ class DiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.run_info
+        checkpoint[VAL_HISTORY_KEY] = self.val_history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = list(checkpoint.get(VAL_HISTORY_KEY, []))
 
     def num_parameters(self) -> int:
         """The numbers that define the denoiser (see :meth:`Denoiser.num_parameters`)."""

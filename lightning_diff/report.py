@@ -41,7 +41,7 @@ from lightning_diff.metrics.nearest import nearest_two
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
-from lightning_diff.run.study import Run, halves, runs_in_directory, runs_in_wandb_group
+from lightning_diff.run.study import Run, halves, last_quarter_change, runs_in_directory, runs_in_wandb_group
 from lightning_diff.sample import load_denoiser
 
 FIXED_COLUMNS = (
@@ -50,6 +50,8 @@ FIXED_COLUMNS = (
     "num_parameters",
     "val_loss",
     "val_loss_per_level",
+    "val_change_last_quarter",
+    "converged",
     "memorized_fraction",
     "d1_median",
 )
@@ -60,6 +62,8 @@ HEADINGS = {
     "num_parameters": "parameters",
     "val_loss": "val loss",
     "val_loss_per_level": "val loss per level (low t first)",
+    "val_change_last_quarter": "val loss change over the last quarter (largest level)",
+    "converged": "converged",
     "memorized_fraction": "memorized",
     "d1_median": "median d1",
     "agreement": "agreement",
@@ -67,7 +71,10 @@ HEADINGS = {
     "wall_time_s": "wall time (s)",
     "run": "run",
 }
-LABEL_CHARACTERS = 28  # a row label's line length in the figure's label strip
+LABEL_CHARACTERS = 28
+# Issue 15's criterion: a trained run has converged when no level's validation loss moved by 2%
+# or more over the last quarter of its training.
+CONVERGENCE_TOLERANCE = 0.02  # a row label's line length in the figure's label strip
 
 
 def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
@@ -141,8 +148,22 @@ def explanation_cells(result: dict[str, Any] | None, columns: list[str]) -> dict
     return cells
 
 
+def convergence(run: Run, tolerance: float) -> tuple[float | None, str | None]:
+    """A trained run's largest last-quarter change of a level's validation loss and whether it is
+    below ``tolerance`` ("yes" / "no"); (None, None) for fitted runs or too few validations."""
+    if (run.config.get("denoiser") or {}).get("fit") != "sgd":
+        return None, None
+    change = last_quarter_change(run.val_history)
+    if change is None:
+        return None, "unknown (validate at least every quarter of the steps)"
+    return change, "yes" if change < tolerance else "no"
+
+
 def rows(
-    runs: list[Run], reference: str | None = None, explained: dict[int, dict[str, Any]] | None = None
+    runs: list[Run],
+    reference: str | None = None,
+    explained: dict[int, dict[str, Any]] | None = None,
+    tolerance: float = CONVERGENCE_TOLERANCE,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """The table's columns and one row of raw values per run (None where a value is missing)."""
     explained = explained or {}
@@ -152,12 +173,15 @@ def rows(
     vs_reference = reference_agreements(runs, reference)
     table = []
     for run in runs:
+        change, converged = convergence(run, tolerance)
         row = {
             "variant": run.name,
             "split": run.split,
             "num_parameters": run.num_parameters,
             "val_loss": run.val_loss,
             "val_loss_per_level": run.val_losses or None,
+            "val_change_last_quarter": change,
+            "converged": converged,
             "memorized_fraction": run.measure.get("memorized_fraction"),
             "d1_median": run.measure.get("d1_median"),
         }
@@ -184,6 +208,8 @@ def _markdown_cell(column: str, value: Any) -> str:
         return " ".join(f"{level:.3g}" for level in value)
     if column == "wall_time_s":
         return f"{value:.0f}"
+    if column == "val_change_last_quarter":
+        return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
@@ -348,7 +374,11 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     runs, named = with_machines(runs, list(cfg.get("machines") or []))
     explained = explanations(runs, named, lambda run: generated(run, str(cfg.device)))
-    columns, table = rows(runs, cfg.get("reference"), explained)
+    columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance))
+    for row in table:
+        if row["converged"] == "no":
+            print(f"not converged: {row['variant']} ({row['split']}), a level's validation loss moved "
+                  f"{row['val_change_last_quarter']:.1%} over the last quarter", file=sys.stderr)
     markdown = write_markdown(out / "report.md", columns, table)
     if explained:
         markdown += write_explanations(out, runs, explained)

@@ -179,6 +179,7 @@ def summarize(
         "world_size": int(trainer.world_size),
         "nodes": node_names(),
         "wall_time_s": time.time() - started,
+        "val_history": module.val_history,
     }
     if parts.measure is not None and parts.measure.history:
         summary["measure"] = parts.measure.history[-1]  # the final measurement: memorized fraction, d1, fid@<n>

@@ -39,6 +39,7 @@ class Run:
     wall_time_s: float | None = None
     samples: Path | None = None  # samples.npz, when it is on this machine
     overrides: list[str] = field(default_factory=list)
+    val_history: list[dict[str, Any]] = field(default_factory=list)  # {step, val_loss_per_level} per validation
 
     def pair_key(self) -> str:
         """Runs that differ only in their half of the data share this key."""
@@ -97,6 +98,7 @@ def read_run_dir(run_dir: Path) -> Run:
         wall_time_s=_optional_float(summary.get("wall_time_s")),
         samples=samples if samples is not None and samples.is_file() else None,
         overrides=[str(item) for item in overrides or []],
+        val_history=list(summary.get("val_history") or []),
     )
 
 
@@ -190,3 +192,17 @@ def keep_summary(run_dir: Path, dest: Path) -> Path:
             atomic_write(target / name, lambda handle, source=source: handle.write(source.read_bytes()))
     atomic_write_text(target / "run.json", summary.read_text())  # last: its presence means the copy is whole
     return target
+
+
+def last_quarter_change(history: list[dict[str, Any]]) -> float | None:
+    """The largest relative change of any level's validation loss over the last quarter of
+    training, |L_end - L_q| / L_end with L_q the last validation at or before 3/4 of the final
+    step; None without a validation there (validate at least every quarter of the steps)."""
+    if len(history) < 2:
+        return None
+    end = history[-1]
+    earlier = [entry for entry in history[:-1] if entry["step"] <= 0.75 * end["step"]]
+    if not earlier:
+        return None
+    quarter = earlier[-1]["val_loss_per_level"]
+    return max(abs(last - then) / max(abs(last), 1e-12) for last, then in zip(end["val_loss_per_level"], quarter))

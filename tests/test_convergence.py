@@ -1,0 +1,47 @@
+"""Issue #15, part: every trained run records its validation curve, and the report says whether
+it converged (no level's validation loss moved by 2% or more over the last quarter)."""
+
+import json
+
+import pytest
+
+from conftest import LINEAR_SGD, train_config
+from lightning_diff.report import convergence, rows
+from lightning_diff.run.study import Run, last_quarter_change
+from lightning_diff.train import train
+
+
+def history(*losses: list[float], every: int = 250) -> list[dict]:
+    return [{"step": every * (i + 1), "val_loss_per_level": list(level)} for i, level in enumerate(losses)]
+
+
+def test_the_last_quarter_change_is_the_largest_level_change_since_three_quarters_of_training():
+    curve = history([0.5, 0.10], [0.4, 0.09], [0.3, 0.080], [0.3, 0.0785])  # steps 250 .. 1000
+    assert last_quarter_change(curve) == pytest.approx(abs(0.0785 - 0.080) / 0.0785)
+    assert last_quarter_change(curve[:1]) is None
+    assert last_quarter_change(history([0.5], [0.4], every=1000)[1:]) is None  # no validation before 3/4
+
+
+def test_the_report_marks_trained_runs_that_have_not_converged_and_leaves_fitted_ones_out():
+    def run(name: str, fit: str, curve: list[dict]) -> Run:
+        return Run(name=name, split="full", config={"denoiser": {"fit": fit}}, location=name, val_history=curve)
+
+    settled = run("settled", "sgd", history([0.2, 0.1], [0.2, 0.1], [0.2, 0.1], [0.201, 0.1]))
+    moving = run("moving", "sgd", history([0.4, 0.2], [0.3, 0.15], [0.2, 0.1], [0.15, 0.08]))
+    unknown = run("one_check", "sgd", history([0.2, 0.1]))
+    fitted = run("fitted", "closed_form", [])
+    columns, table = rows([settled, moving, unknown, fitted])
+    assert "converged" in columns and "val_change_last_quarter" in columns
+    assert [row["converged"] for row in table] == ["yes", "no", convergence(unknown, 0.02)[1], None]
+    assert table[1]["val_change_last_quarter"] == pytest.approx(0.05 / 0.15)
+    assert table[2]["converged"].startswith("unknown")
+
+
+def test_run_json_holds_the_validation_curve_across_a_resume(tmp_path):
+    first = [*LINEAR_SGD, "trainer.max_steps=50"]
+    train(train_config(tmp_path, *first))
+    resumed = train(train_config(tmp_path, *LINEAR_SGD, "trainer.max_steps=100"))
+    steps = [entry["step"] for entry in resumed["val_history"]]
+    assert steps == [25, 50, 75, 100]  # one point per validation; the final validation replaces, not adds
+    assert json.loads((tmp_path / "run.json").read_text())["val_history"] == resumed["val_history"]
+    assert all(len(entry["val_loss_per_level"]) == 10 for entry in resumed["val_history"])
