@@ -4,13 +4,13 @@ import json
 
 import pytest
 from hydra import compose, initialize_config_dir
+from test_measure_callback import history_rows
 
 from conftest import train_config
 from lightning_diff.calibrate import calibrate
 from lightning_diff.errors import UserError
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.train import train
-from test_measure_callback import history_rows
 
 # 8x8 digits; a grid whose levels tell patch sizes apart (at t near 1 every machine gives the mean).
 REFERENCE = ["data=digits", "data.num_train=60", "data.num_val=20", "denoiser=local_score", "denoiser.padding=zeros",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from sklearn.metrics import r2_score
-
 from PIL import Image
+from sklearn.metrics import r2_score
+from test_measure_callback import history_rows
 
 from conftest import run_module, train_config
 from lightning_diff.compare import compare
@@ -20,7 +20,6 @@ from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import display_side
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.train import train
-from test_measure_callback import history_rows
 
 
 def compare_config(*overrides: str):

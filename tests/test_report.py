@@ -14,9 +14,9 @@ from PIL import Image
 
 from conftest import run_module, train_config
 from lightning_diff.errors import UserError
-from lightning_diff.metrics.explanation import Generated, explain_one
 from lightning_diff.figures.grids import LABEL_WIDTH, PADDING, PAIR_PADDING, display_side
 from lightning_diff.metrics.agreement import TwoModelAgreement
+from lightning_diff.metrics.explanation import Generated, explain_one
 from lightning_diff.metrics.r2 import per_sample_r2, per_sample_sse
 from lightning_diff.report import report
 from lightning_diff.run.cli import CONF_DIR
