@@ -71,10 +71,10 @@ HEADINGS = {
     "wall_time_s": "wall time (s)",
     "run": "run",
 }
-LABEL_CHARACTERS = 28
+LABEL_CHARACTERS = 28  # a row label's line length in the figure's label strip
 # Issue 15's criterion: a trained run has converged when no level's validation loss moved by 2%
 # or more over the last quarter of its training.
-CONVERGENCE_TOLERANCE = 0.02  # a row label's line length in the figure's label strip
+CONVERGENCE_TOLERANCE = 0.02
 
 
 def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
@@ -129,10 +129,10 @@ def fid_columns(runs: list[Run]) -> list[str]:
 
 def explanation_columns(explained: dict[int, dict[str, Any]]) -> list[str]:
     """``r2 vs <explainer>`` for every explainer, ``removes <machine>`` for every machine, the best."""
-    explainers = sorted({name for result in explained.values() for name in result["r2_median"]})
-    machines = sorted({name for result in explained.values() for name in result.get("removes", {})})
     if not explained:
         return []
+    explainers = sorted({name for result in explained.values() for name in result["r2_median"]})
+    machines = sorted({name for result in explained.values() for name in result.get("removes", {})})
     return [*(f"r2 vs {name}" for name in explainers), *(f"removes {name}" for name in machines), "best explanation"]
 
 
