@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_diff.denoisers.conditioning import NoiseEmbedding, wrap
-from lightning_diff.denoisers.contract import Denoiser
+from lightning_diff.denoisers.contract import Denoiser, check_only_fit
 from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
@@ -108,8 +108,7 @@ def build(
 ) -> Denoiser:
     """Bottleneck MLP denoiser, trained by SGD in any conditioning mode (defaults: the paper's
     2-D toy, 2-64-1-64-2)."""
-    if fit != "sgd":
-        raise UserError(f"denoiser.fit={fit!r} is not available for bottleneck; it is trained by SGD only")
+    check_only_fit(fit, "sgd", "bottleneck")
 
     def make(embedding: int = 0) -> BottleneckMLP:
         return BottleneckMLP(data_shape, depth, width, bottleneck, activation, negative_slope, output, embedding)

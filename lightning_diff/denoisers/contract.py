@@ -65,3 +65,11 @@ def check_choice(key: str, value: object, allowed: tuple[str, ...], family: str 
     if not isinstance(value, str) or value not in allowed:
         verdict = f"not available for {family}" if family else "not valid"
         raise UserError(f"denoiser.{key}={value!r} is {verdict}; choose one of {', '.join(allowed)}")
+
+
+def check_only_fit(fit: object, only: str, family: str) -> None:
+    """One :class:`UserError` when ``denoiser.fit=fit`` asks ``family``, which has only the fit
+    ``only`` (``closed_form`` or ``sgd``), for another."""
+    if fit != only:
+        how = "fitted in closed form only" if only == "closed_form" else "trained by SGD only"
+        raise UserError(f"denoiser.fit={fit!r} is not available for {family}; it is {how}")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_diff.denoisers.conditioning import NoiseEmbedding, wrap
-from lightning_diff.denoisers.contract import Denoiser
+from lightning_diff.denoisers.contract import Denoiser, check_only_fit
 from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
@@ -213,8 +213,7 @@ def build(
 
     ``pos_embed`` is ``sincos`` (fixed 2-D sin-cos) or ``learned``.
     """
-    if fit != "sgd":
-        raise UserError(f"denoiser.fit={fit!r} is not available for dit; it is trained by SGD only")
+    check_only_fit(fit, "sgd", "dit")
     image_shape = _check_shape(data_shape, patch_size)
     _check_knobs(depth, width, heads, mlp_ratio, pos_embed)
 

@@ -11,11 +11,10 @@ denoiser's, so memory is O(batch x chunk).
 import torch
 from torch import Tensor
 
-from lightning_diff.denoisers.contract import check_choice
+from lightning_diff.denoisers.contract import check_choice, check_only_fit
 from lightning_diff.denoisers.registry import family
 from lightning_diff.denoisers.training_set import TrainingSetDenoiser
 from lightning_diff.diffusion.grids import NoiseGrid
-from lightning_diff.errors import UserError
 
 
 class NearestDenoiser(TrainingSetDenoiser):
@@ -47,7 +46,6 @@ def build(
     chunk_size: int = 4096,
 ) -> NearestDenoiser:
     """The copying baseline: no trainable form, fitted in closed form (it stores the training set)."""
-    if fit != "closed_form":
-        raise UserError(f"denoiser.fit={fit!r} is not available for nearest; it is fitted in closed form only")
+    check_only_fit(fit, "closed_form", "nearest")
     check_choice("conditioning", conditioning, ("per_level",), "nearest (the same rule at every level)")
     return NearestDenoiser(data_shape, chunk_size)

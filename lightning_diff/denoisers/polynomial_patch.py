@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
-from lightning_diff.denoisers.contract import check_choice
+from lightning_diff.denoisers.contract import check_choice, check_only_fit
 from lightning_diff.denoisers.features import random_projection
 from lightning_diff.denoisers.patch_ops import (
     BLOCK_ELEMENTS,
@@ -424,8 +424,7 @@ def build(
     down, as in the paper; left out, they follow :func:`paper_schedule` for the image size.
     """
     check_choice("conditioning", conditioning, ("per_level",), "polynomial_patch (one regression per level)")
-    if fit != "closed_form":
-        raise UserError(f"denoiser.fit={fit!r} is not available for polynomial_patch; it is fitted in closed form only")
+    check_only_fit(fit, "closed_form", "polynomial_patch")
     if len(data_shape) != 3:
         raise UserError(f"polynomial_patch needs images of shape (C, H, W), got data shape {tuple(data_shape)}")
     default_sizes, default_counts = paper_schedule(min(data_shape[1:]), len(grid))

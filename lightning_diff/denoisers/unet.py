@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_diff.denoisers.conditioning import NoiseEmbedding, wrap
-from lightning_diff.denoisers.contract import Denoiser, check_choice
+from lightning_diff.denoisers.contract import Denoiser, check_choice, check_only_fit
 from lightning_diff.denoisers.registry import family
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
@@ -451,8 +451,7 @@ def build(
     stacked: bool | str = "auto",
 ) -> Denoiser:
     """UNet denoiser trained by SGD in any conditioning mode (``embedding_dim`` is for ``conditioned``)."""
-    if fit != "sgd":
-        raise UserError(f"denoiser.fit={fit!r} is not available for unet; it is trained by SGD only")
+    check_only_fit(fit, "sgd", "unet")
     _check_positive_int("embedding_dim", embedding_dim)
     knobs = dict(
         num_blocks=num_blocks,
