@@ -6,11 +6,10 @@ from itertools import product
 import pytest
 import torch
 
-from lightning_diff.denoisers import empirical, local_score
+from conftest import assert_same_samples_as_empirical
+from lightning_diff.denoisers import local_score
 from lightning_diff.diffusion.grids import make_grid
-from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
-from lightning_diff.seeding import sample_seeds
 
 
 def fitted(data: torch.Tensor, grid, **knobs) -> local_score.LocalScoreDenoiser:
@@ -80,12 +79,7 @@ def test_full_coverage_patches_are_the_empirical_denoiser_same_samples(equivaria
     data = torch.rand(30, 1, 5, 5, generator=gen) * 2 - 1
     grid = make_grid(6)
     machine = fitted(data, grid, equivariant=equivariant, padding=padding, patch_sizes=9)  # 2 * 5 - 1
-    memorizer = empirical.build((1, 5, 5), grid)
-    memorizer.fit_data(data)
-    seeds = sample_seeds(0, 16)
-    ours = make_sampler("ddim").sample(machine, grid, (1, 5, 5), seeds)
-    theirs = make_sampler("ddim").sample(memorizer, grid, (1, 5, 5), seeds)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert_same_samples_as_empirical(machine, data, grid)
 
 
 def test_ls_at_the_lowest_noise_level_copies_each_pixel_from_the_same_position_of_some_image():

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from lightning_diff.denoisers import empirical, local_score, pca_locality
+from conftest import assert_same_samples_as_empirical
+from lightning_diff.denoisers import local_score, pca_locality
 from lightning_diff.diffusion.grids import make_grid
-from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
-from lightning_diff.seeding import sample_seeds
 
 
 def fitted(data: torch.Tensor, grid, **knobs) -> pca_locality.PCALocalityDenoiser:
@@ -52,12 +51,7 @@ def test_a_mask_that_keeps_every_pixel_is_the_empirical_denoiser_same_samples():
     data = torch.rand(30, 1, 5, 5, generator=gen) * 2 - 1
     grid = make_grid(6)
     machine = fitted(data, grid, threshold=1e-12)
-    memorizer = empirical.build((1, 5, 5), grid)
-    memorizer.fit_data(data)
-    seeds = sample_seeds(0, 16)
-    ours = make_sampler("ddim").sample(machine, grid, (1, 5, 5), seeds)
-    theirs = make_sampler("ddim").sample(memorizer, grid, (1, 5, 5), seeds)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert_same_samples_as_empirical(machine, data, grid)
 
 
 def test_on_pixels_without_correlation_the_mask_is_each_pixel_alone_so_it_is_ls_with_1x1_patches():
