@@ -322,8 +322,7 @@ def generated(run: Run, device: str) -> Generated | None:
     """What ``run`` generated from its seeds; None without samples on this machine."""
     if run.samples is None:
         return None
-    with np.load(run.samples) as archive:
-        samples, seeds = torch.from_numpy(np.asarray(archive["samples"], dtype=np.float64)), np.asarray(archive["seeds"])
+    samples, seeds = load_samples(run.samples)
     trajectory = None
     ckpt = checkpoint_path(Path(run.location))
     if ckpt.is_file():
@@ -331,7 +330,7 @@ def generated(run: Run, device: str) -> Generated | None:
         sampler = str(info["config"]["sampler"]["name"])
         calls = first_calls(denoiser_calls(denoiser.to(device), info, sampler, [int(s) for s in seeds], device))
         trajectory = torch.stack([out.double() for _, _, out in calls])
-    return Generated(samples, seeds, trajectory)
+    return Generated(samples.double(), seeds, trajectory)
 
 
 def write_explanations(out: Path, runs: list[Run], explained: dict[int, dict[str, Any]]) -> str:

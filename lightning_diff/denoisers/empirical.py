@@ -10,11 +10,10 @@ O(batch x chunk) whatever N is.
 import torch
 from torch import Tensor
 
-from lightning_diff.denoisers.contract import check_choice
+from lightning_diff.denoisers.contract import check_choice, check_only_fit
 from lightning_diff.denoisers.registry import family
-from lightning_diff.denoisers.training_set import LOG2_E, TrainingSetDenoiser
+from lightning_diff.denoisers.training_set import LOG2_E, TrainingSetDenoiser, softmax_step
 from lightning_diff.diffusion.grids import NoiseGrid
-from lightning_diff.errors import UserError
 
 
 class EmpiricalDenoiser(TrainingSetDenoiser):
@@ -28,13 +27,9 @@ class EmpiricalDenoiser(TrainingSetDenoiser):
         total = torch.zeros_like(t)
         acc = torch.zeros_like(flat)
         for _, chunk, scores in self.scores(flat, torch.sqrt(1.0 - t)):
-            logits = scores * (LOG2_E / t)
-            new_max = torch.maximum(running_max, logits.max(dim=1, keepdim=True).values)
-            rescale = torch.exp2(running_max - new_max)
-            weights = torch.exp2(logits - new_max)
+            running_max, rescale, weights = softmax_step(running_max, scores * (LOG2_E / t))
             total = total * rescale + weights.sum(dim=1, keepdim=True)
             acc = acc * rescale + weights @ chunk
-            running_max = new_max
         return (acc / total).reshape(y.shape).to(y.dtype)
 
 
@@ -48,7 +43,6 @@ def build(
     chunk_size: int = 4096,
 ) -> EmpiricalDenoiser:
     """The empirical family has no trainable form: it is always fitted in closed form."""
-    if fit != "closed_form":
-        raise UserError(f"denoiser.fit={fit!r} is not available for empirical; it is fitted in closed form only")
+    check_only_fit(fit, "closed_form", "empirical")
     check_choice("conditioning", conditioning, ("per_level",), "empirical (the optimum at every level)")
     return EmpiricalDenoiser(data_shape, chunk_size)

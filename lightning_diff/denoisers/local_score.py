@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
-from lightning_diff.denoisers.contract import check_choice
+from lightning_diff.denoisers.contract import check_choice, check_only_fit
 from lightning_diff.denoisers.registry import family
-from lightning_diff.denoisers.training_set import LOG2_E
+from lightning_diff.denoisers.training_set import LOG2_E, softmax_step
 from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.errors import UserError
 
@@ -196,12 +196,9 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
             inner = box_sum(products, size, self.padding).reshape(batch, -1, height, width)
             norms = box_sum(images.pow(2).sum(dim=1, keepdim=True), size, self.padding).reshape(1, -1, height, width)
             logits = (a * inner - (0.5 * a * a) * norms) * (LOG2_E / t)
-            new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
-            rescale = torch.exp2(running_max - new_max)
-            weights = torch.exp2(logits - new_max)
+            running_max, rescale, weights = softmax_step(running_max, logits)
             total = total * rescale + weights.sum(dim=1, keepdim=True)
             acc = acc * rescale + torch.einsum("bnhw,nchw->bchw", weights, images)
-            running_max = new_max
         return acc / total
 
     def _every_position_circular(self, y: Tensor, size: int, a: float, t: float) -> Tensor:
@@ -255,8 +252,7 @@ def build(
     """Kamb & Ganguli's LS (``equivariant=false``) or ELS machine, fitted in closed form (it keeps
     the training set); ``patch_sizes``: one odd size, or one per level highest noise first (null:
     :func:`default_patch_sizes` up to :func:`largest_patch`)."""
-    if fit != "closed_form":
-        raise UserError(f"denoiser.fit={fit!r} is not available for local_score; it is fitted in closed form only")
+    check_only_fit(fit, "closed_form", "local_score")
     check_choice("conditioning", conditioning, ("per_level",), "local_score (one patch size per level)")
     check_choice("padding", padding, PADDINGS, "local_score")
     if not isinstance(equivariant, bool):

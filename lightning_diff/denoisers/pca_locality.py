@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from lightning_diff.denoisers.closed_form import ClosedFormDenoiser
-from lightning_diff.denoisers.contract import check_choice
+from lightning_diff.denoisers.contract import check_choice, check_only_fit
 from lightning_diff.denoisers.registry import family
-from lightning_diff.denoisers.training_set import LOG2_E
+from lightning_diff.denoisers.training_set import LOG2_E, softmax_step
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 
@@ -96,21 +96,18 @@ class PCALocalityDenoiser(ClosedFormDenoiser):
         scale = LOG2_E / (t * self.temperature)
         batch, dim = flat.shape
         chunk = max(1, BLOCK_ELEMENTS // (batch * dim))
-        running_max = torch.full((batch, dim), -math.inf, device=flat.device)
-        total = torch.zeros(batch, dim, device=flat.device)
-        acc = torch.zeros(batch, dim, device=flat.device)
+        running_max = torch.full((batch, 1, dim), -math.inf, device=flat.device)
+        total = torch.zeros(batch, 1, dim, device=flat.device)
+        acc = torch.zeros(batch, 1, dim, device=flat.device)
         for start in range(0, self.data.shape[0], chunk):
             images = self.data[start : start + chunk]
             products = (flat[:, None, :] * images[None]).reshape(-1, dim) @ mask
             norms = images.pow(2) @ mask
             logits = (a * scale) * products.reshape(batch, -1, dim) - (0.5 * a * a * scale) * norms
-            new_max = torch.maximum(running_max, logits.amax(dim=1))
-            rescale = torch.exp2(running_max - new_max)
-            weights = logits.sub_(new_max[:, None, :]).exp2_()
-            total = total * rescale + weights.sum(dim=1)
-            acc = acc * rescale + (weights * images[None]).sum(dim=1)
-            running_max = new_max
-        return acc / total
+            running_max, rescale, weights = softmax_step(running_max, logits)
+            total = total * rescale + weights.sum(dim=1, keepdim=True)
+            acc = acc * rescale + (weights * images[None]).sum(dim=1, keepdim=True)
+        return (acc / total).squeeze(1)
 
 
 @family("pca_locality")
@@ -124,8 +121,7 @@ def build(
     temperature: float = 1.0,
 ) -> PCALocalityDenoiser:
     """Lukoianov et al.'s analytic denoiser, fitted from the training set (no SGD form)."""
-    if fit != "closed_form":
-        raise UserError(f"denoiser.fit={fit!r} is not available for pca_locality; it is fitted in closed form only")
+    check_only_fit(fit, "closed_form", "pca_locality")
     check_choice("conditioning", conditioning, ("per_level",), "pca_locality (an analytic machine, defined at any t)")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
         raise UserError(f"denoiser.threshold={threshold!r} must lie in [0, 1): the mask keeps entries >= threshold x the largest")

@@ -22,6 +22,14 @@ from lightning_diff.errors import UserError
 LOG2_E = 1.0 / math.log(2.0)
 
 
+def softmax_step(running_max: Tensor, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One chunk of a running softmax over dim 1 of base-2 ``logits``: the new maximum (keepdim),
+    the factor that rescales the sums of the chunks before, and the chunk's weights
+    2^(logits - max), computed in place over ``logits``."""
+    new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
+    return new_max, torch.exp2(running_max - new_max), logits.sub_(new_max).exp2_()
+
+
 class TrainingSetDenoiser(ClosedFormDenoiser):
     """Stores the flattened training set and its half squared norms; yields scores by chunk."""
 
