@@ -35,9 +35,11 @@ from lightning_diff.compare import denoiser_calls, first_calls
 from lightning_diff.compose import build
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import study_grid
+from lightning_diff.figures.plots import dataset_size_figure, floor_figure
 from lightning_diff.metrics.agreement import TwoModelAgreement
-from lightning_diff.metrics.explanation import Generated, explanations
+from lightning_diff.metrics.explanation import Generated, explanations, family_of
 from lightning_diff.metrics.nearest import nearest_two
+from lightning_diff.metrics.r2 import per_sample_r2
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
@@ -55,7 +57,7 @@ FIXED_COLUMNS = (
     "memorized_fraction",
     "d1_median",
 )
-TRAILING_COLUMNS = ("agreement", "vs_reference", "wall_time_s", "run")
+TRAILING_COLUMNS = ("agreement", "vs_reference", "r2_vs_reference", "beyond_floor", "wall_time_s", "run")
 HEADINGS = {
     "variant": "variant",
     "split": "data",
@@ -68,6 +70,8 @@ HEADINGS = {
     "d1_median": "median d1",
     "agreement": "agreement",
     "vs_reference": "same-noise agreement with the reference",
+    "r2_vs_reference": "same-noise r2 with the reference",
+    "beyond_floor": "differs beyond the seed floor",
     "wall_time_s": "wall time (s)",
     "run": "run",
 }
@@ -102,24 +106,82 @@ def agreements(runs: list[Run]) -> dict[int, float]:
     return values
 
 
-def reference_agreements(runs: list[Run], reference: str | None) -> dict[int, float]:
-    """Agreement (mean cosine, same seeds) of each run's samples with those of the run named
-    ``reference`` on the same data half, by ``id(run)``: what each change makes of the same noise.
-    Runs sampled from other seeds or at another shape are left out."""
-    anchors = {run.split: run for run in runs if reference and run.name == reference and run.samples is not None}
+def same_noise(run: Run, anchor: Run) -> tuple[float, float] | None:
+    """Agreement (mean cosine) and median per-sample r^2 of ``run``'s samples against ``anchor``'s
+    from the same seeds; None when they were sampled from other seeds or at another shape."""
+    if run.samples is None or anchor.samples is None:
+        return None
+    samples, seeds = load_samples(run.samples)
+    anchor_samples, anchor_seeds = load_samples(anchor.samples)
+    if not np.array_equal(seeds, anchor_seeds) or samples.shape != anchor_samples.shape:
+        return None
+    metric = TwoModelAgreement()
+    metric.update(samples, anchor_samples)
+    r2 = float(per_sample_r2(anchor_samples, samples).quantile(0.5))
+    return float(metric.compute()["agreement_cosine_mean"]), r2
+
+
+def reference_agreements(runs: list[Run], reference: str | None) -> dict[int, tuple[float, float]]:
+    """Same-noise agreement and r^2 (:func:`same_noise`) of each run with the run named ``reference``
+    on the same training images, by ``id(run)``: what each change makes of the same noise."""
+    anchors = [run for run in runs if reference and run.name == reference and run.samples is not None]
     values = {}
     for run in runs:
-        anchor = anchors.get(run.split)
-        if anchor is None or run.samples is None:
-            continue
-        samples, seeds = load_samples(run.samples)
-        anchor_samples, anchor_seeds = load_samples(anchor.samples)
-        if not np.array_equal(seeds, anchor_seeds) or samples.shape != anchor_samples.shape:
-            continue
-        metric = TwoModelAgreement()
-        metric.update(samples, anchor_samples)
-        values[id(run)] = float(metric.compute()["agreement_cosine_mean"])
+        anchor = next((a for a in anchors if a.same_images(run)), None)
+        if anchor is not None and (found := same_noise(run, anchor)) is not None:
+            values[id(run)] = found
     return values
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": float(np.mean(values)),
+        "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+    }
+
+
+def seed_floor(runs: list[Run], reference: str | None, controls: list[str]) -> dict[str, Any] | None:
+    """The seed-to-seed floor: same-noise agreement and r^2 between every two of the reference and
+    its ``controls`` (the same configuration trained with other seeds on the same images and sampled
+    from the same seeds), as mean, sd, min and max over the pairs; None without two such runs.
+    A change of the reference alters what the network generates beyond training noise only when
+    its r^2 with the reference falls below this floor's minimum."""
+    if not reference or not controls:
+        return None
+    unknown = [name for name in controls if not any(run.name == name for run in runs)]
+    if unknown:
+        raise UserError(
+            f"controls: {', '.join(unknown)} not among the report's runs ({', '.join(sorted({r.name for r in runs}))}); "
+            "name the variants of the reference trained with other seeds (e.g. variant=paper_seed1 seed=1 data.seed=0 "
+            "sample_seed=0)"
+        )
+    for anchor in (run for run in runs if run.name == reference and run.samples is not None):
+        group = [anchor, *(r for r in runs if r.name in controls and r.same_images(anchor) and r.samples is not None)]
+        pairs = []
+        for i, a in enumerate(group):
+            for b in group[i + 1 :]:
+                found = same_noise(b, a)
+                if found is None:
+                    raise UserError(
+                        f"the seed control {b.name} ({b.location}) was not sampled from the seeds of {a.name} "
+                        f"({a.location}); train it with sample_seed={a.config.get('sample_seed', a.config.get('seed'))}"
+                    )
+                pairs.append({"a": a.name, "b": b.name, "agreement": found[0], "r2": found[1]})
+        if pairs:
+            return {
+                "reference": reference,
+                "split": anchor.split,
+                "runs": [run.name for run in group],
+                "pairs": pairs,
+                "agreement": spread([pair["agreement"] for pair in pairs]),
+                "r2": spread([pair["r2"] for pair in pairs]),
+            }
+    raise UserError(
+        f"controls={controls}: none was trained on the images of a {reference} run with samples; train them "
+        "with data.seed fixed to the reference's (data.seed=0) so only the training seed differs"
+    )
 
 
 def fid_columns(runs: list[Run]) -> list[str]:
@@ -159,13 +221,43 @@ def convergence(run: Run, tolerance: float) -> tuple[float | None, str | None]:
     return change, "yes" if change < tolerance else "no"
 
 
+def beyond_floor(run: Run, r2: float | None, floor: dict[str, Any] | None) -> str | None:
+    """"control" for the floor's own runs; else "yes" when the run's same-noise r^2 with the
+    reference is below the lowest seed-to-seed r^2, "no" when not, None without a floor or r^2."""
+    if floor is None:
+        return None
+    if run.name in floor["runs"]:
+        return "control"
+    if r2 is None:
+        return None
+    return "yes" if r2 < floor["r2"]["min"] else "no"
+
+
+def floor_row(columns: list[str], floor: dict[str, Any]) -> dict[str, Any]:
+    """The table's row for the seed-to-seed floor: mean +- sd (min-max) over the seed pairs."""
+
+    def cell(values: dict[str, float]) -> str:
+        return f"{values['mean']:.4g} ± {values['sd']:.2g} [{values['min']:.4g}, {values['max']:.4g}]"
+
+    row: dict[str, Any] = dict.fromkeys(columns)
+    row.update(
+        variant=f"seed-to-seed floor ({floor['reference']} x {len(floor['runs'])} seeds)",
+        split=floor["split"],
+        vs_reference=cell(floor["agreement"]),
+        r2_vs_reference=cell(floor["r2"]),
+    )
+    return row
+
+
 def rows(
     runs: list[Run],
     reference: str | None = None,
     explained: dict[int, dict[str, Any]] | None = None,
     tolerance: float = CONVERGENCE_TOLERANCE,
+    floor: dict[str, Any] | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """The table's columns and one row of raw values per run (None where a value is missing)."""
+    """The table's columns and one row of raw values per run (None where a value is missing), and
+    with a seed ``floor`` a last row holding it."""
     explained = explained or {}
     explaining = explanation_columns(explained)
     fids = fid_columns(runs)
@@ -187,16 +279,22 @@ def rows(
         }
         row.update({key: run.measure.get(key) for key in fids})
         row.update(explanation_cells(explained.get(id(run)), explaining))
+        same_noise_agreement, same_noise_r2 = vs_reference.get(id(run), (None, None))
         row.update(
             {
                 "agreement": agreement.get(id(run)),
-                "vs_reference": vs_reference.get(id(run)),
+                "vs_reference": same_noise_agreement,
+                "r2_vs_reference": same_noise_r2,
+                "beyond_floor": beyond_floor(run, same_noise_r2, floor),
                 "wall_time_s": run.wall_time_s,
                 "run": run.location,
             }
         )
         table.append(row)
-    return [*FIXED_COLUMNS, *fids, *explaining, *TRAILING_COLUMNS], table
+    columns = [*FIXED_COLUMNS, *fids, *explaining, *TRAILING_COLUMNS]
+    if floor is not None:
+        table.append(floor_row(columns, floor))
+    return columns, table
 
 
 def _markdown_cell(column: str, value: Any) -> str:
@@ -298,6 +396,82 @@ def figure(path: Path, runs: list[Run], columns: int) -> Path | None:
     return path
 
 
+def dataset_size_rows(runs: list[Run], explained: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every trained variant run at two or more training-set sizes (``data.num_train``): per N
+    the memorized fraction and the median r^2 to the empirical denoiser (each the mean over the
+    variant's runs at that N: both halves when both were run) and the two-model agreement of the
+    halves. The memorization-to-generalization transition of that architecture."""
+    empirical = {run.name for run in runs if family_of(run) == "empirical"}
+    agreement = agreements(runs)
+    by_variant: dict[str, dict[int, list[Run]]] = {}
+    for run in runs:
+        size = (run.config.get("data") or {}).get("num_train")
+        if (run.config.get("denoiser") or {}).get("fit") == "sgd" and size is not None:
+            by_variant.setdefault(run.name, {}).setdefault(int(size), []).append(run)
+    table = []
+    for variant, by_size in by_variant.items():
+        if len(by_size) < 2:
+            continue
+        for size, group in sorted(by_size.items()):
+            memorized = [run.measure["memorized_fraction"] for run in group if "memorized_fraction" in run.measure]
+            r2 = [
+                value
+                for run in group
+                for name, value in (explained.get(id(run)) or {}).get("r2_median", {}).items()
+                if name in empirical
+            ]
+            pair = [agreement[id(run)] for run in group if id(run) in agreement]
+            table.append(
+                {
+                    "variant": variant,
+                    "N": size,
+                    "memorized": float(np.mean(memorized)) if memorized else None,
+                    "two-model agreement": pair[0] if pair else None,
+                    "r2 vs empirical": float(np.mean(r2)) if r2 else None,
+                    "runs": len(group),
+                }
+            )
+    return table
+
+
+def write_dataset_size(out: Path, table: list[dict[str, Any]]) -> str:
+    """The dataset-size table (appended to report.md), ``dataset_size.json`` and ``report_n.png``; returns the table."""
+    atomic_write_text(out / "dataset_size.json", json.dumps(table, indent=2) + "\n")
+    columns = ["variant", "N", "memorized", "two-model agreement", "r2 vs empirical", "runs"]
+    lines = [
+        "",
+        "Training-set size: memorized fraction and r^2 to the empirical denoiser (mean over the runs at",
+        "each N), two-model agreement of the halves (each half-model sees N/2 images).",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(_markdown_cell(column, row[column]) for column in columns) + " |" for row in table]
+    text = "\n".join(lines) + "\n"
+    with (out / "report.md").open("a") as handle:
+        handle.write(text)
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for row in table:
+        for measure in ("memorized", "two-model agreement", "r2 vs empirical"):
+            if row[measure] is not None:
+                series.setdefault(row["variant"], {}).setdefault(measure, []).append((row["N"], row[measure]))
+    dataset_size_figure(out / "report_n.png", series, "memorization to generalization: the same networks at several N")
+    return text
+
+
+def write_floor_figure(out: Path, table: list[dict[str, Any]], floor: dict[str, Any]) -> Path:
+    """``report_floor.png``: every run's same-noise agreement and r^2 with the reference on the
+    floor's data half, against the seed-to-seed band."""
+    shown = [row for row in table if row["split"] == floor["split"] and isinstance(row["r2_vs_reference"], float)]
+    labels = [row["variant"] for row in shown]
+    values = {
+        "r2": [row["r2_vs_reference"] for row in shown],
+        "agreement": [row["vs_reference"] for row in shown],
+    }
+    title = f"same noise, {floor['reference']} as the reference ({floor['split']}); band: {len(floor['runs'])} seeds of it"
+    return floor_figure(out / "report_floor.png", labels, values, floor, title)
+
+
 def with_machines(runs: list[Run], machines: list[str]) -> tuple[list[Run], set[str]]:
     """The runs plus those of ``machines`` entries that are run directories; the machines' names."""
     named, added = set(), []
@@ -373,7 +547,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     runs, named = with_machines(runs, list(cfg.get("machines") or []))
     explained = explanations(runs, named, lambda run: generated(run, str(cfg.device)))
-    columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance))
+    floor = seed_floor(runs, cfg.get("reference"), [str(name) for name in cfg.get("controls") or []])
+    columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor)
     for row in table:
         if row["converged"] == "no":
             print(f"not converged: {row['variant']} ({row['split']}), a level's validation loss moved "
@@ -381,7 +556,14 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     markdown = write_markdown(out / "report.md", columns, table)
     if explained:
         markdown += write_explanations(out, runs, explained)
+    sizes = dataset_size_rows(runs, explained)
+    if sizes:
+        markdown += write_dataset_size(out, sizes)
     write_csv(out / "report.csv", columns, table)
+    if floor is not None:
+        atomic_write_text(out / "seed_floor.json", json.dumps(floor, indent=2) + "\n")
+        if cfg.figure:
+            print(f"figure: {write_floor_figure(out, table, floor)}")
     picture = figure(out / "report.png", runs, int(cfg.columns)) if cfg.figure else None
     print(markdown)
     print(f"table:  {out / 'report.md'}\n        {out / 'report.csv'}")

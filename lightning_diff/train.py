@@ -191,7 +191,7 @@ def write_samples(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, run
     count = int(cfg.num_samples)
     if count <= 0:
         return {}
-    seeds = sample_seeds(int(cfg.seed), count)
+    seeds = sample_seeds(int(cfg.sample_seed), count)
     with ema_weights(ema, module):
         samples = draw_samples(
             module.denoiser, module.grid, module.run_info["data_shape"], seeds, sampler=str(cfg.sampler.name),

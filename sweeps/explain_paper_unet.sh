@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 out=${1:-runs/explain_paper_unet}
 python=${PYTHON:-.venv/bin/python}
 common=(data=digits data.image_size=16 data.num_train=500 logger=none trainer.enable_progress_bar=false)
-unet=(experiment=paper/unet/width_16 trainer.max_steps=2000 trainer.val_check_interval=1000
+unet=(experiment=paper/unet/paper unet_width=16 trainer.max_steps=2000 trainer.val_check_interval=1000
       callbacks.checkpoint_every_n_steps=500 callbacks.measure.every_n_steps=2000)
 
 train() {  # train NAME OVERRIDES...: one run into $out/NAME unless it finished before
@@ -30,7 +30,7 @@ patch_sizes() {  # patch_sizes NAME: the calibrated sizes as a list override val
 
 train paper "${unet[@]}"
 # The control: another training seed on the same images (data.seed), sampled from seed 0's noise.
-train paper_seed1 "${unet[@]}" variant=width_16_seed1 seed=1 data.seed=0
+train paper_seed1 "${unet[@]}" variant=paper_seed1 seed=1 data.seed=0
 if [[ ! -f "$out/paper_seed1/samples_seed1.npz" ]]; then
     mv "$out/paper_seed1/samples.npz" "$out/paper_seed1/samples_seed1.npz"
     "$python" -m lightning_diff.sample ckpt="$out/paper_seed1/checkpoints/last.ckpt" seed=0 num_samples=64 \
@@ -51,4 +51,4 @@ done
 for other in paper_seed1 els ls pca_locality linear empirical nearest; do
     "$python" -m lightning_diff.compare a="$out/paper" b="$out/$other" out="$out/compare/$other.json" > /dev/null
 done
-"$python" -m lightning_diff.report sweep="$out" out="$out/report" reference=width_16
+"$python" -m lightning_diff.report sweep="$out" out="$out/report" reference=paper

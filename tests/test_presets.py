@@ -58,7 +58,7 @@ def shrunk(cfg):
 def test_the_presets_hold_the_paper_its_single_changes_and_the_reference_families():
     assert set(PRESETS) >= {
         "paper", "no_skip", "bias_free_norm", "no_norm", "group_norm", "circular_padding", "reflect_padding",
-        "levels_2", "levels_4", "width_16", "width_64", "max_pool", "nearest_conv_upsample", "attention", "blind",
+        "levels_2", "levels_4", "width_half", "width_double", "max_pool", "nearest_conv_upsample", "attention", "blind",
         "conditioned", "empirical", "linear", "linear_rank", "polynomial", "polynomial_patch", "bottleneck_image",
         "dit",
     }
@@ -68,7 +68,8 @@ def test_every_preset_shares_the_study_settings_and_unet_presets_change_one_knob
     configs = {name: OmegaConf.to_container(preset(name), resolve=True) for name in PRESETS}
     paper = configs["paper"]
     paper_unet = paper["denoiser"]
-    assert paper_unet == OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "denoiser" / "unet.yaml"))
+    width = paper["unet_width"]
+    assert paper_unet == {**OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "denoiser" / "unet.yaml")), "base_channels": width}
     assert paper["data"]["_target_"].endswith("FashionMNISTDataModule") and paper["data"]["image_size"] == 16
     shared = {key: value for key, value in paper.items() if key not in ("variant", "denoiser")}
     changed = {}
@@ -89,8 +90,8 @@ def test_every_preset_shares_the_study_settings_and_unet_presets_change_one_knob
         "reflect_padding": {"padding_mode": "reflect"},
         "levels_2": {"num_blocks": 2},
         "levels_4": {"num_blocks": 4},
-        "width_16": {"base_channels": 16},
-        "width_64": {"base_channels": 64},
+        "width_half": {"base_channels": width // 2},
+        "width_double": {"base_channels": 2 * width},
         "max_pool": {"downsample": "max"},
         "nearest_conv_upsample": {"upsample": "nearest_conv"},
         "attention": {"attention": True},

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -236,3 +237,104 @@ def test_a_machine_that_equals_the_trained_run_removes_all_of_the_baselines_erro
                                                            "same": ("machine", baseline)})
     assert result["removes"]["copy"] == pytest.approx(1.0) and result["removes"]["same"] == pytest.approx(0.0)
     assert result["best_explanation"] == "copy" and result["r2_median"]["copy"] == pytest.approx(1.0)
+
+
+def test_the_seed_controls_set_a_floor_that_every_run_is_read_against(sweep, tmp_path, fashion_stand_in):
+    # The paper configuration (job 0) trained with seeds 1 and 2 on seed 0's images, sampled from seed 0's noise.
+    grid = tmp_path / "grid"
+    shutil.copytree(sweep, grid)
+    for seed in (1, 2):
+        train(train_config(
+            grid / f"control_{seed}", *SWEEP[0], f"variant=paper_seed{seed}", f"seed={seed}", "data.seed=0",
+            "sample_seed=0", *TINY, f"data.root={fashion_stand_in}",
+        ))
+    reference = np.load(grid / "0" / "samples.npz")
+    for seed in (1, 2):
+        control = np.load(grid / f"control_{seed}" / "samples.npz")
+        assert np.array_equal(control["seeds"], reference["seeds"])  # sample_seed fixes the noise
+        assert not np.array_equal(control["samples"], reference["samples"])  # the training seed changes the network
+
+    out = tmp_path / "report"
+    result = report(report_config(f"sweep={grid}", f"out={out}", "controls=[paper_seed1,paper_seed2]"))
+
+    def samples(path: Path) -> torch.Tensor:
+        return torch.from_numpy(np.load(path / "samples.npz")["samples"])
+
+    def same_noise(run: Path, anchor: Path) -> tuple[float, float]:
+        metric = TwoModelAgreement()
+        metric.update(samples(run), samples(anchor))
+        r2 = float(per_sample_r2(samples(anchor), samples(run)).quantile(0.5))
+        return float(metric.compute()["agreement_cosine_mean"]), r2
+
+    group = [grid / "0", grid / "control_1", grid / "control_2"]
+    pairs = [same_noise(b, a) for i, a in enumerate(group) for b in group[i + 1 :]]
+    floor = json.loads((out / "seed_floor.json").read_text())
+    assert floor["runs"] == ["paper", "paper_seed1", "paper_seed2"]
+    found = [value for pair in floor["pairs"] for value in (pair["agreement"], pair["r2"])]
+    assert found == pytest.approx([value for pair in pairs for value in pair], abs=1e-12)
+    r2s = [r2 for _, r2 in pairs]
+    assert floor["r2"]["min"] == pytest.approx(min(r2s)) and floor["r2"]["mean"] == pytest.approx(np.mean(r2s))
+    assert floor["r2"]["sd"] == pytest.approx(np.std(r2s, ddof=1))
+
+    rows = {(row["variant"], row["split"]): row for row in result["rows"]}
+    no_skip = rows[("no_skip", "full")]
+    agreement, r2 = same_noise(grid / "1", grid / "0")
+    assert no_skip["vs_reference"] == pytest.approx(agreement) and no_skip["r2_vs_reference"] == pytest.approx(r2)
+    assert no_skip["beyond_floor"] == ("yes" if r2 < min(r2s) else "no")
+    assert rows[("paper_seed1", "full")]["beyond_floor"] == "control"
+    assert rows[("empirical", "half_a")]["beyond_floor"] is None  # no reference on that half
+    last = result["rows"][-1]
+    assert last["variant"] == "seed-to-seed floor (paper x 3 seeds)"
+    assert last["r2_vs_reference"].startswith(f"{np.mean(r2s):.4g} ± ")
+    assert "seed-to-seed floor" in (out / "report.md").read_text().splitlines()[-1]
+    assert (out / "report_floor.png").is_file()
+
+    with pytest.raises(UserError, match="controls: paper_seed9 not among the report's runs"):
+        report(report_config(f"sweep={grid}", f"out={out}", "controls=[paper_seed9]", "figure=false"))
+    # A control sampled from its own training seed cannot be compared sample by sample.
+    other = tmp_path / "other_noise"
+    shutil.copytree(grid, other)
+    np.savez(other / "control_1" / "samples.npz", samples=reference["samples"], seeds=reference["seeds"] + 1,
+             levels=reference["levels"])
+    with pytest.raises(UserError, match="the seed control paper_seed1 .* was not sampled from the seeds of paper"):
+        report(report_config(f"sweep={other}", f"out={out}", "controls=[paper_seed1,paper_seed2]", "figure=false"))
+
+
+def fake_run(run_dir: Path, variant: str, family: str, fit: str, size: int, split: str, samples: np.ndarray,
+             memorized: float) -> None:
+    """A finished run as the report reads it: run.json and samples.npz."""
+    run_dir.mkdir(parents=True)
+    config = {
+        "seed": 0, "variant": variant, "data": {"num_train": size, "split": split, "seed": 0, "batch_size": 8},
+        "denoiser": {"_target_": f"lightning_diff.denoisers.{family}.build", "fit": fit},
+    }
+    summary = {"config": config, "metrics": {}, "measure": {"memorized_fraction": memorized}, "samples": "samples.npz"}
+    (run_dir / "run.json").write_text(json.dumps(summary))
+    np.savez(run_dir / "samples.npz", samples=samples, seeds=np.arange(len(samples)), levels=np.ones(3))
+
+
+def test_the_dataset_size_table_gives_memorization_agreement_and_r2_to_the_empirical_per_n(tmp_path):
+    gen = np.random.default_rng(0)
+    made = {}
+    for size, memorized in ((100, (0.75, 0.5)), (1000, (0.0, 0.125))):
+        for split, copied in zip(("half_a", "half_b"), memorized):
+            empirical = gen.normal(size=(8, 1, 4, 4)).astype(np.float32)
+            trained = (empirical + (0.1 if size == 100 else 1.0) * gen.normal(size=empirical.shape)).astype(np.float32)
+            fake_run(tmp_path / f"n{size}" / split / "paper", "paper", "unet", "sgd", size, split, trained, copied)
+            fake_run(tmp_path / f"n{size}" / split / "empirical", "empirical", "empirical", "closed_form", size, split,
+                     empirical, 1.0)
+            made[size, split] = (torch.from_numpy(trained), torch.from_numpy(empirical))
+    out = tmp_path / "report"
+    report(report_config(f"sweep={tmp_path}", f"out={out}", "reference=null", "figure=false"))
+    table = json.loads((out / "dataset_size.json").read_text())
+    assert [(row["variant"], row["N"], row["runs"]) for row in table] == [("paper", 100, 2), ("paper", 1000, 2)]
+    for row, (size, memorized) in zip(table, ((100, (0.75, 0.5)), (1000, (0.0, 0.125)))):
+        assert row["memorized"] == pytest.approx(np.mean(memorized))
+        r2 = [float(per_sample_r2(made[size, s][0], made[size, s][1]).quantile(0.5)) for s in ("half_a", "half_b")]
+        assert row["r2 vs empirical"] == pytest.approx(np.mean(r2), abs=1e-12)  # each half against its own empirical
+        metric = TwoModelAgreement()
+        metric.update(made[size, "half_a"][0], made[size, "half_b"][0])
+        assert row["two-model agreement"] == pytest.approx(float(metric.compute()["agreement_cosine_mean"]))
+    assert table[0]["r2 vs empirical"] > table[1]["r2 vs empirical"]  # the copies sit closer to the memorizer
+    assert "Training-set size" in (out / "report.md").read_text()
+    assert (out / "report_n.png").is_file()

@@ -130,11 +130,11 @@ def test_sweep_array_and_wandb_agent_templates_render_their_commands(tmp_path):
     assert argv[:5] == ["srun", "--kill-on-bad-exit=1", venv_python(), "-m", "lightning_diff.train"]
     assert argv[5:] == [
         "--config-dir", str(SWEEPS), "--config-name", "paper_unet",
-        "experiment=paper/unet/width_16", "trainer.max_steps=5", "logger.group=paper_unet-77",
+        "experiment=paper/unet/width_half", "trainer.max_steps=5", "logger.group=paper_unet-77",
         "trainer.strategy=ddp", "trainer.num_nodes=1", "trainer.devices=1",
         f"hydra.run.dir={tmp_path}/runs/slurm/paper_unet-77/9",
     ]
-    assert run_overrides(SWEEPS / "paper_unet.yaml", 9) == ["experiment=paper/unet/width_16"]
+    assert run_overrides(SWEEPS / "paper_unet.yaml", 9) == ["experiment=paper/unet/width_half"]
 
     agent = dry_run("wandb_agent.sbatch", "me/lightning_diff/abc123", "3", env=job_env(tmp_path))
     assert Path(agent[0]).name == "wandb" and agent[1:] == ["agent", "--count", "3", "me/lightning_diff/abc123"]

@@ -51,3 +51,47 @@ def test_keeping_an_unfinished_run_is_refused(tmp_path):
     with pytest.raises(UserError, match="holds no run.json: the run has not finished"):
         keep_summary(tmp_path / "run", tmp_path / "kept")
     assert not (tmp_path / "kept").exists()
+
+
+def converged_study(out: Path, keep: Path, root: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, GRID="no_skip empirical", SIZES="12", CANDIDATES="[1,3]")
+    overrides = [
+        *TINY, f"data.root={root}", "unet_width=4", "trainer.max_steps=8", "trainer.val_check_interval=2",
+        "callbacks.checkpoint_every_n_steps=4", "trainer.enable_progress_bar=false",
+    ]
+    return subprocess.run(
+        ["bash", str(REPO / "sweeps" / "study_converged.sh"), str(out), str(keep), *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes_from_its_kept_summaries(
+    tmp_path, fashion_stand_in
+):
+    keep = tmp_path / "kept"
+    first = converged_study(tmp_path / "sitting1", keep, fashion_stand_in)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for half in ("half_a", "half_b"):
+        for preset in ("paper", "no_skip", "empirical", "els", "ls"):
+            kept = json.loads((keep / "grid" / half / preset / "run.json").read_text())
+            assert kept["config"]["data"]["split"] == half and kept["config"]["variant"] == preset
+    # The machines use the patch sizes calibrated against the paper UNet of half_a.
+    calibrated = json.loads((keep / "calibration_els" / "calibration.json").read_text())["patch_sizes"]
+    els = json.loads((keep / "grid" / "half_b" / "els" / "run.json").read_text())["config"]["denoiser"]
+    assert els["patch_sizes"] == calibrated
+    for seed in (1, 2):
+        control = json.loads((keep / "grid" / f"controls_{seed}" / "paper" / "run.json").read_text())["config"]
+        assert (control["variant"], control["seed"], control["data"]["seed"], control["sample_seed"]) == (
+            f"paper_seed{seed}", seed, 0, 0)
+    report = (keep / "grid" / "report.md").read_text()
+    assert "seed-to-seed floor (paper x 3 seeds)" in report
+    sizes = json.loads((keep / "dataset_size" / "dataset_size.json").read_text())
+    assert [(row["variant"], row["N"], row["runs"]) for row in sizes] == [("paper", 12, 2), ("paper", 24, 2)]
+    assert all(row["two-model agreement"] is not None and row["r2 vs empirical"] is not None for row in sizes)
+    assert "sitting finished" in (keep / "wall_time.log").read_text()
+    # The next sitting, on a machine without the first one's run directories: nothing is trained again.
+    shutil.rmtree(tmp_path / "sitting1")
+    second = converged_study(tmp_path / "sitting2", keep, fashion_stand_in)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "kept   paper (finished before)" in second.stdout and "done   " not in second.stdout

@@ -224,6 +224,6 @@ def measure_for_run(
         data_config=plain(run.cfg.data),
         settings=settings,
         sampler=str(run.cfg.sampler.name),
-        seed=int(run.cfg.seed),
+        seed=int(run.cfg.sample_seed),
         ema=ema if isinstance(ema, EMA) else None,
     )

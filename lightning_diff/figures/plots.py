@@ -1,5 +1,6 @@
 """Figures that put a run's samples next to the theory's prediction (PNG, Agg backend)."""
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -101,4 +102,45 @@ def calibration_figure(path: Path, levels: list[float], sizes: list[int], table:
     ax.set_xlabel("patch size")
     ax.set_ylabel("median single-step r^2")
     ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def floor_figure(path: Path, labels: list[str], values: dict[str, list[float | None]], floor: dict[str, dict[str, float]], title: str) -> Path:
+    """One horizontal bar per run for each same-noise measure (panels), with the seed-to-seed floor
+    drawn as a band (min to max over seed pairs) and a line (their mean): a bar left of the band
+    differs from the reference by more than training noise does."""
+    fig, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values), 0.3 * len(labels) + 1.5), sharey=True)
+    axes = [axes] if len(values) == 1 else list(axes)
+    positions = list(range(len(labels)))
+    for ax, (measure, bars) in zip(axes, values.items()):
+        shown = [float("nan") if value is None else value for value in bars]
+        ax.barh(positions, shown, color="tab:blue")
+        ax.axvspan(floor[measure]["min"], floor[measure]["max"], color="tab:orange", alpha=0.3, label="seed-to-seed range")
+        ax.axvline(floor[measure]["mean"], color="tab:orange", ls="--", label="seed-to-seed mean")
+        finite = [value for value in shown if math.isfinite(value)]
+        ax.set_xlim(min([*finite, floor[measure]["min"]]) - 0.05, 1.0)
+        ax.set_xlabel(measure)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_yticks(positions, labels, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def dataset_size_figure(path: Path, series: dict[str, dict[str, list[tuple[int, float]]]], title: str) -> Path:
+    """One panel per measure (memorized fraction, two-model agreement, r^2 to the empirical
+    denoiser, ...) against the training-set size N on a log axis, one line per variant."""
+    measures = sorted({measure for by_measure in series.values() for measure in by_measure})
+    fig, axes = plt.subplots(1, len(measures), figsize=(4 * len(measures), 3.5))
+    axes = [axes] if len(measures) == 1 else list(axes)
+    for ax, measure in zip(axes, measures):
+        for variant, by_measure in series.items():
+            points = sorted(by_measure.get(measure, []))
+            if points:
+                ax.semilogx([n for n, _ in points], [v for _, v in points], marker="o", label=variant)
+        ax.set_xlabel("training images N (each half-model sees N/2)")
+        ax.set_ylabel(measure)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path)

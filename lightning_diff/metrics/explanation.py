@@ -16,7 +16,8 @@ baseline's error it removes, ``1 - SSE_i(M) / SSE_i(B)`` per sample i (B: the ba
 highest median r^2; the median over samples), and the same per level on each model's x0
 prediction along its own trajectory from the same noise (runs with checkpoints); and the best
 explanation, the explainer with the highest median r^2. Explainers are paired with a trained
-run only on the same data half, with the same seeds and sample shape.
+run only on the same training images (dataset, N, data seed, half), with the same seeds and
+sample shape.
 """
 
 import sys
@@ -105,10 +106,10 @@ def removed(reference: Tensor, machine: Tensor, baseline: Tensor) -> Tensor:
 def explanations(
     runs: list[Run], named_machines: set[str], generate: Callable[[Run], Generated | None]
 ) -> dict[int, dict[str, Any]]:
-    """The explanation of every trained run that has machines to compare with, by ``id(run)``;
-    ``generate`` gives what a run generated (None without samples on this machine)."""
+    """The explanation of every trained run that has machines or baselines to compare with, by
+    ``id(run)``; ``generate`` gives what a run generated (None without samples on this machine)."""
     roles = {id(run): role(run, named_machines) for run in runs}
-    if not any(kind == "machine" for kind in roles.values()):
+    if not any(kind in ("machine", "baseline") for kind in roles.values()):
         return {}
     cache: dict[int, Generated | None] = {}
 
@@ -127,9 +128,9 @@ def explanations(
         explainers = {
             other.name: (roles[id(other)], of(other))
             for other in runs
-            if roles[id(other)] in ("machine", "baseline") and other.split == run.split
+            if roles[id(other)] in ("machine", "baseline") and other.same_images(run)
         }
         usable = {name: (kind, g) for name, (kind, g) in explainers.items() if g is not None and comparable(trained, g)}
-        if any(kind == "machine" for kind, _ in usable.values()):
+        if usable:
             found[id(run)] = explain_one(trained, usable)
     return found

@@ -22,6 +22,7 @@ from lightning_diff.run.atomic import atomic_write, atomic_write_text
 LEVEL_KEY = re.compile(r"^val/loss_level_(\d+)$")
 MEASURE_PREFIX = "measure/"
 HALVES = ("half_a", "half_b")
+NOT_IMAGES = ("batch_size", "num_workers", "root", "num_val")
 
 
 @dataclass
@@ -43,8 +44,18 @@ class Run:
 
     def pair_key(self) -> str:
         """Runs that differ only in their half of the data share this key."""
-        data = {key: value for key, value in (self.config.get("data") or {}).items() if key != "split"}
+        data = {key: value for key, value in self.images().items() if key != "split"}
         return json.dumps([self.name, self.config.get("seed"), data], sort_keys=True, default=str)
+
+    def images(self) -> dict[str, Any]:
+        """The data settings that choose the training images (dataset, size, N, seed, half); not how
+        they are batched or where the files are."""
+        data = self.config.get("data") or {}
+        return {key: value for key, value in data.items() if key not in NOT_IMAGES}
+
+    def same_images(self, other: "Run") -> bool:
+        """Whether ``other`` was trained (or fitted) on the same training images."""
+        return json.dumps(self.images(), sort_keys=True, default=str) == json.dumps(other.images(), sort_keys=True, default=str)
 
 
 def _natural(path: Path) -> list[Any]:

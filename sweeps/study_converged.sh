@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The converged, controlled study (issue 15; docs/results.md): every preset of
+# conf/experiment/paper/unet/ on both disjoint halves of the data, the paper UNet with two more
+# training seeds (the seed-to-seed floor), the local score machines calibrated against the paper
+# UNet, the paper UNet at other training-set sizes (the memorization transition), then one report
+# of the grid and one of the sizes. The study's defaults (conf/experiment/paper/unet_study.yaml)
+# are the CPU size that converges; overrides after the two folders change every run alike.
+#
+#   sweeps/study_converged.sh [OUT_DIR [KEEP_DIR [OVERRIDE ...]]]
+#   sweeps/study_converged.sh                          # runs/study_converged, docs/results/study_converged
+#   SIZES="1000 100000" sweeps/study_converged.sh runs/gpu docs/results/study_gpu data=celeba data.root=DATA \
+#       data.image_size=64 unet_width=32 ...          # see docs/experiments.md, "The study on a GPU"
+#
+# Resumable: a run whose run.json exists (in OUT_DIR, or copied to KEEP_DIR) is skipped, an
+# interrupted one resumes from its checkpoint, so the grid may take several sittings. KEEP_DIR
+# (committed) receives each finished run's run.json and samples.npz as it finishes; the reports
+# are made from it: KEEP_DIR/grid/report.* and KEEP_DIR/dataset_size/report.*.
+#
+# Two runs at a time, one thread each (STREAMS=2 by default): on 2 cores that is 1.47x the
+# throughput of one two-thread run. SIZES: the other training-set sizes of the N sweep (the
+# grid's own data.num_train is the third). CANDIDATES: the patch sizes calibration tries. GRID:
+# the presets of the grid (default: all; paper, els and ls are always run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/study_converged}
+keep=${2:-docs/results/study_converged}
+shift $(( $# < 2 ? $# : 2 ))
+user=("$@")  # first, so the grid's own overrides below (half, seed, N) win
+python=${PYTHON:-.venv/bin/python}
+streams=${STREAMS:-2}
+sizes=${SIZES:-"200 20000"}
+candidates=${CANDIDATES:-"[1,3,5,7,9,11,13,15,19,23,31]"}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / streams > 0 ? $(nproc) / streams : 1 ))}
+export PYTHON=$python REPORT=0
+mkdir -p "$out" "$keep"
+started=$(date +%s)
+echo "$(date -u +%FT%TZ) sitting started" >> "$keep/wall_time.log"
+machines="els ls"
+every=${GRID:-$(cd conf/experiment/paper/unet && ls *.yaml | sed 's/\.yaml$//')}
+rest=$(printf '%s\n' $every | grep -vxF -e paper -e els -e ls | tr '\n' ' ')
+
+# The grid's two halves live in KEEP_DIR/grid/<half>/<preset>/.
+per_half=$(( streams / 2 > 0 ? streams / 2 : 1 ))
+run_halves() {  # run_halves PRESETS [OVERRIDE ...]: the presets on both halves, STREAMS runs at a time
+    local presets=$1
+    shift
+    for half in half_a half_b; do
+        KEEP="$keep/grid/$half" PRESETS="$presets" sweeps/study_parallel.sh "$out/grid/$half" "$per_half" \
+            "${user[@]}" "$@" data.split=$half &
+        [ "$streams" -ge 2 ] || wait
+    done
+    wait
+}
+
+patch_sizes() {  # patch_sizes MACHINE: the calibrated sizes, as a list override value
+    "$python" -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['patch_sizes'])))" \
+        "$keep/calibration_$1/calibration.json"
+}
+
+echo "== the paper UNet on both halves"
+run_halves paper
+
+echo "== calibrating the local score machines against the paper UNet (half_a)"
+reference="$out/grid/half_a/paper"
+for machine in els:true ls:false; do
+    name=${machine%%:*}
+    if [ ! -f "$keep/calibration_$name/calibration.json" ]; then
+        if [ ! -f "$reference/checkpoints/last.ckpt" ]; then
+            echo "calibration needs the paper UNet's checkpoint ($reference); rerun where it was trained" >&2
+            exit 1
+        fi
+        "$python" -m lightning_diff.calibrate ref="$reference" equivariant="${machine##*:}" padding=zeros \
+            candidates="$candidates" num_samples=64 out="$keep/calibration_$name" >/dev/null &
+        [ "$streams" -ge 2 ] || wait
+    fi
+done
+wait
+for name in $machines; do
+    [ -f "$keep/calibration_$name/calibration.json" ] || { echo "calibration of $name failed" >&2; exit 1; }
+done
+
+echo "== every other preset on both halves"
+run_halves "$rest"
+echo "== the machines with their calibrated patch sizes"
+run_halves els "denoiser.patch_sizes=[$(patch_sizes els)]"
+run_halves ls "denoiser.patch_sizes=[$(patch_sizes ls)]"
+
+echo "== the seed-to-seed control: the paper UNet with training seeds 1 and 2 on half_a's images, sampled from seed 0's noise"
+for seed in 1 2; do
+    KEEP="$keep/grid/controls_$seed" PRESETS=paper sweeps/study_parallel.sh "$out/grid/controls_$seed" 1 \
+        "${user[@]}" data.split=half_a variant=paper_seed$seed seed=$seed data.seed=0 sample_seed=0 &
+    [ "$streams" -ge 2 ] || wait
+done
+wait
+
+echo "== the paper UNet and the empirical denoiser at other training-set sizes: $sizes"
+for half in half_a half_b; do  # the grid's own size joins the sweep as it is
+    for preset in paper empirical; do
+        if [ -f "$keep/grid/$half/$preset/run.json" ] && [ ! -f "$keep/dataset_size/grid/$half/$preset/run.json" ]; then
+            "$python" -m lightning_diff.sweep keep "$keep/grid/$half/$preset" "$keep/dataset_size/grid/$half" >/dev/null
+        fi
+    done
+done
+for size in $sizes; do
+    for half in half_a half_b; do
+        KEEP="$keep/dataset_size/n_$size/$half" PRESETS="paper empirical" sweeps/study_parallel.sh \
+            "$out/dataset_size/n_$size/$half" 1 "${user[@]}" data.split=$half data.num_train=$size &
+        [ "$streams" -ge 2 ] || wait
+    done
+    wait
+done
+
+echo "study: $(( $(date +%s) - started )) s wall this sitting"
+echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $(nproc) cores, STREAMS=$streams" >> "$keep/wall_time.log"
+"$python" -m lightning_diff.report sweep="$keep/grid" reference=paper controls=[paper_seed1,paper_seed2]
+"$python" -m lightning_diff.report sweep="$keep/dataset_size" reference=null figure=false
