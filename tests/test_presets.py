@@ -9,10 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
 from conftest import REPO, train_config
+from lightning_diff.compose import build
+from lightning_diff.diffusion.grids import NoiseGrid
+from lightning_diff.errors import UserError
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.sweep import expand
 from lightning_diff.train import train
@@ -127,3 +131,16 @@ def test_each_preset_trains_ten_steps_at_16x16_and_writes_run_json(tmp_path, nam
     assert 0.0 <= written["measure"]["memorized_fraction"] <= 1.0
     assert len([key for key in written["metrics"] if key.startswith("val/loss_level_")]) == 3
     assert (tmp_path / "samples.npz").is_file()
+
+
+def test_the_width_presets_halve_and_double_the_study_base_width():
+    for width in (16, 32):
+        widths = {
+            name: preset(name, f"unet_width={width}").denoiser.base_channels
+            for name in ("paper", "width_half", "width_double", "no_skip")
+        }
+        assert widths == {"paper": width, "width_half": width // 2, "width_double": 2 * width, "no_skip": width}
+    # An odd base width has no half: the UNet says so when it is built.
+    with pytest.raises(UserError, match=r"denoiser.base_channels=4.5 is not valid; it must be an integer >= 1"):
+        build(preset("width_half", "unet_width=9").denoiser, "denoiser", data_shape=(1, 16, 16),
+              grid=NoiseGrid(torch.tensor([0.1, 0.5, 0.9])))
