@@ -553,6 +553,15 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         if row["converged"] == "no":
             print(f"not converged: {row['variant']} ({row['split']}), a level's validation loss moved "
                   f"{row['val_change_last_quarter']:.1%} over the last quarter", file=sys.stderr)
+    shown = runs
+    if cfg.get("show_split") is not None:
+        if cfg.show_split not in {run.split for run in runs}:
+            raise UserError(
+                f"show_split={cfg.show_split}: no run used that data half (the runs': "
+                f"{', '.join(sorted({run.split for run in runs}))}); use one of them or null for all"
+            )
+        shown = [run for run in runs if run.split == cfg.show_split]
+        table = [row for row in table if row["split"] == cfg.show_split]
     markdown = write_markdown(out / "report.md", columns, table)
     if explained:
         markdown += write_explanations(out, runs, explained)
@@ -564,7 +573,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(out / "seed_floor.json", json.dumps(floor, indent=2) + "\n")
         if cfg.figure:
             print(f"figure: {write_floor_figure(out, table, floor)}")
-    picture = figure(out / "report.png", runs, int(cfg.columns)) if cfg.figure else None
+    picture = figure(out / "report.png", shown, int(cfg.columns)) if cfg.figure else None
     print(markdown)
     print(f"table:  {out / 'report.md'}\n        {out / 'report.csv'}")
     if picture is not None:

@@ -14,7 +14,8 @@
 # Resumable: a run whose run.json exists (in OUT_DIR, or copied to KEEP_DIR) is skipped, an
 # interrupted one resumes from its checkpoint, so the grid may take several sittings. KEEP_DIR
 # (committed) receives each finished run's run.json and samples.npz as it finishes; the reports
-# are made from it: KEEP_DIR/grid/report.* and KEEP_DIR/dataset_size/report.*.
+# are made from it: KEEP_DIR/grid/report.* (every run), KEEP_DIR/grid/half_a_report/ (the half_a
+# runs with the figures) and KEEP_DIR/dataset_size/report.*.
 #
 # Two runs at a time, one thread each (STREAMS=2 by default): on 2 cores that is 1.47x the
 # throughput of one two-thread run. SIZES: the other training-set sizes of the N sweep (the
@@ -112,5 +113,7 @@ done
 
 echo "study: $(( $(date +%s) - started )) s wall this sitting"
 echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $(nproc) cores, STREAMS=$streams" >> "$keep/wall_time.log"
-"$python" -m lightning_diff.report sweep="$keep/grid" reference=paper controls=[paper_seed1,paper_seed2]
+controls=(reference=paper controls=[paper_seed1,paper_seed2])
+"$python" -m lightning_diff.report sweep="$keep/grid" "${controls[@]}" figure=false  # every run, both halves
+"$python" -m lightning_diff.report sweep="$keep/grid" "${controls[@]}" show_split=half_a out="$keep/grid/half_a_report"
 "$python" -m lightning_diff.report sweep="$keep/dataset_size" reference=null figure=false

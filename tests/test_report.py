@@ -338,3 +338,16 @@ def test_the_dataset_size_table_gives_memorization_agreement_and_r2_to_the_empir
     assert table[0]["r2 vs empirical"] > table[1]["r2 vs empirical"]  # the copies sit closer to the memorizer
     assert "Training-set size" in (out / "report.md").read_text()
     assert (out / "report_n.png").is_file()
+
+
+def test_show_split_keeps_one_data_half_in_the_table_while_the_halves_still_pair_up(tmp_path):
+    gen = np.random.default_rng(1)
+    for split in ("half_a", "half_b"):
+        samples = gen.normal(size=(6, 1, 4, 4)).astype(np.float32)
+        fake_run(tmp_path / split / "paper", "paper", "unet", "sgd", 100, split, samples, 0.0)
+    out = tmp_path / "report"
+    result = report(report_config(f"sweep={tmp_path}", f"out={out}", "show_split=half_a", "figure=false"))
+    (row,) = result["rows"]
+    assert row["split"] == "half_a" and row["agreement"] is not None  # paired with half_b, which is not shown
+    with pytest.raises(UserError, match="show_split=full: no run used that data half"):
+        report(report_config(f"sweep={tmp_path}", f"out={out}", "show_split=full", "figure=false"))
