@@ -73,7 +73,9 @@ def test_every_preset_shares_the_study_settings_and_unet_presets_change_one_knob
     paper = configs["paper"]
     paper_unet = paper["denoiser"]
     width = paper["unet_width"]
-    assert paper_unet == {**OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "denoiser" / "unet.yaml")), "base_channels": width}
+    unet_defaults = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "denoiser" / "unet.yaml"))
+    # The study sets the base width and the preconditioning of every trained preset at once.
+    assert paper_unet == {**unet_defaults, "base_channels": width, "preconditioning": paper["study_preconditioning"]}
     assert paper["data"]["_target_"].endswith("FashionMNISTDataModule") and paper["data"]["image_size"] == 16
     shared = {key: value for key, value in paper.items() if key not in ("variant", "denoiser")}
     changed = {}
@@ -99,7 +101,7 @@ def test_every_preset_shares_the_study_settings_and_unet_presets_change_one_knob
         "max_pool": {"downsample": "max"},
         "nearest_conv_upsample": {"upsample": "nearest_conv"},
         "attention": {"attention": True},
-        "blind": {"conditioning": "blind"},
+        "blind": {"conditioning": "blind", "preconditioning": "residual"},  # edm needs the level blind never sees
         "conditioned": {"conditioning": "conditioned"},
     }
 

@@ -105,6 +105,8 @@ def build(
     output: str = "none",
     embedding_dim: int = 64,
     stacked: bool | str = "auto",
+    preconditioning: str = "none",
+    sigma_data: float = 0.5,
 ) -> Denoiser:
     """Bottleneck MLP denoiser, trained by SGD in any conditioning mode (defaults: the paper's
     2-D toy, 2-64-1-64-2)."""
@@ -113,7 +115,10 @@ def build(
     def make(embedding: int = 0) -> BottleneckMLP:
         return BottleneckMLP(data_shape, depth, width, bottleneck, activation, negative_slope, output, embedding)
 
-    return wrap(conditioning, grid, make, lambda: make(embedding_dim), family="bottleneck", stacked=stacked)
+    return wrap(
+        conditioning, grid, make, lambda: make(embedding_dim), family="bottleneck", stacked=stacked,
+        preconditioning=preconditioning, sigma_data=sigma_data,
+    )
 
 
 @family("bottleneck_image")
@@ -131,11 +136,13 @@ def build_image(
     output: str = "tanh",
     embedding_dim: int = 64,
     stacked: bool | str = "auto",
+    preconditioning: str = "none",
+    sigma_data: float = 0.5,
 ) -> Denoiser:
     """The paper's image MLP (width 200, nine hidden layers, LeakyReLU 0.2, Tanh output), the
     middle layer the bottleneck: the same family as :func:`build` with the image defaults."""
     return build(
         data_shape, grid, fit=fit, conditioning=conditioning, depth=depth, width=width, bottleneck=bottleneck,
         activation=activation, negative_slope=negative_slope, output=output, embedding_dim=embedding_dim,
-        stacked=stacked,
+        stacked=stacked, preconditioning=preconditioning, sigma_data=sigma_data,
     )

@@ -17,6 +17,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from lightning_diff.denoisers.contract import CONDITIONING_MODES, Denoiser, check_choice
+from lightning_diff.denoisers.preconditioning import (
+    PRECONDITIONINGS,
+    LevelPreconditioned,
+    Residual,
+    TimePreconditioned,
+    check_sigma_data,
+)
 from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.errors import UserError
 
@@ -172,17 +179,37 @@ def wrap(
     make_conditioned_net: Callable[[], nn.Module] | None = None,
     family: str = "this family",
     stacked: bool | str = "auto",
+    preconditioning: str = "none",
+    sigma_data: float = 0.5,
 ) -> Denoiser:
     """The family's :class:`Denoiser` in the requested conditioning mode.
 
     ``make_net`` builds one network ``net(y)``; ``make_conditioned_net`` one ``net(y, t)``
     (None: the family has no conditioned form); ``stacked`` is :class:`PerLevel`'s evaluation
-    choice (per_level mode only).
+    choice (per_level mode only). ``preconditioning="edm"`` wraps each network as
+    :mod:`lightning_diff.denoisers.preconditioning` says (data standard deviation ``sigma_data``).
     """
     modes = CONDITIONING_MODES if make_conditioned_net is not None else ("per_level", "blind")
     check_choice("conditioning", conditioning, modes, family)
+    check_choice("preconditioning", preconditioning, PRECONDITIONINGS)
+    edm = preconditioning == "edm"
+    if edm:
+        check_sigma_data(sigma_data)
+
+    def skip(net: nn.Module) -> nn.Module:
+        return Residual(net) if preconditioning == "residual" else net
+
     if conditioning == "per_level":
-        return PerLevel([make_net() for _ in range(len(grid))], grid, stacked)
+        nets = [skip(make_net()) for _ in range(len(grid))]
+        if edm:
+            nets = [LevelPreconditioned(net, float(t), sigma_data) for net, t in zip(nets, grid.levels.tolist())]
+        return PerLevel(nets, grid, stacked)
     if conditioning == "blind":
-        return Blind(make_net())
-    return Conditioned(make_conditioned_net())
+        if edm:
+            raise UserError(
+                "denoiser.preconditioning=edm scales by the noise level, which a blind denoiser never sees; "
+                "use preconditioning=residual (or none) with conditioning=blind"
+            )
+        return Blind(skip(make_net()))
+    net = skip(make_conditioned_net())
+    return Conditioned(TimePreconditioned(net, sigma_data) if edm else net)

@@ -208,6 +208,8 @@ def build(
     mlp_ratio: float = 4.0,
     pos_embed: str = "sincos",
     stacked: bool | str = "auto",
+    preconditioning: str = "none",
+    sigma_data: float = 0.5,
 ) -> Denoiser:
     """DiT denoiser ``D(y, t)`` in any conditioning mode, trained by SGD.
 
@@ -220,4 +222,7 @@ def build(
     def make(time_conditioned: bool) -> DiT:
         return DiT(image_shape, patch_size, depth, width, heads, mlp_ratio, pos_embed, time_conditioned)
 
-    return wrap(conditioning, grid, lambda: make(False), lambda: make(True), family="dit", stacked=stacked)
+    return wrap(
+        conditioning, grid, lambda: make(False), lambda: make(True), family="dit", stacked=stacked,
+        preconditioning=preconditioning, sigma_data=sigma_data,
+    )

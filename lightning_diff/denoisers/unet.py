@@ -449,6 +449,8 @@ def build(
     time_modulation: str | None = None,
     norm_init: str | None = None,
     stacked: bool | str = "auto",
+    preconditioning: str = "none",
+    sigma_data: float = 0.5,
 ) -> Denoiser:
     """UNet denoiser trained by SGD in any conditioning mode (``embedding_dim`` is for ``conditioned``)."""
     check_only_fit(fit, "sgd", "unet")
@@ -474,4 +476,7 @@ def build(
     def make(embedding: int = 0) -> UNet:
         return UNet(shape, embedding_dim=embedding, **knobs)  # type: ignore[arg-type]
 
-    return wrap(conditioning, grid, make, lambda: make(embedding_dim), family="unet", stacked=stacked)
+    return wrap(
+        conditioning, grid, make, lambda: make(embedding_dim), family="unet", stacked=stacked,
+        preconditioning=preconditioning, sigma_data=sigma_data,
+    )
