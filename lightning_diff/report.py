@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
@@ -36,14 +35,14 @@ from lightning_diff.compose import build
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import study_grid
 from lightning_diff.figures.plots import dataset_size_figure, floor_figure
-from lightning_diff.metrics.agreement import TwoModelAgreement
-from lightning_diff.metrics.explanation import Generated, explanations, family_of
+from lightning_diff.metrics.dataset_size import dataset_size_rows
+from lightning_diff.metrics.explanation import Generated, explanations
 from lightning_diff.metrics.nearest import nearest_two
-from lightning_diff.metrics.r2 import per_sample_r2
+from lightning_diff.metrics.same_noise import agreements, beyond_floor, reference_agreements, seed_floor
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
-from lightning_diff.run.study import Run, halves, last_quarter_change, runs_in_directory, runs_in_wandb_group
+from lightning_diff.run.study import Run, last_quarter_change, load_samples, runs_in_directory, runs_in_wandb_group
 from lightning_diff.sample import load_denoiser
 
 FIXED_COLUMNS = (
@@ -81,109 +80,6 @@ LABEL_CHARACTERS = 28  # a row label's line length in the figure's label strip
 CONVERGENCE_TOLERANCE = 0.02
 
 
-def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
-    """The samples and their per-sample seeds from a run's samples.npz."""
-    with np.load(path) as archive:
-        return torch.from_numpy(np.asarray(archive["samples"], dtype=np.float32)), archive["seeds"]
-
-
-def agreements(runs: list[Run]) -> dict[int, float]:
-    """Two-model agreement (mean cosine) of each run that has its other half, by ``id(run)``."""
-    values = {}
-    for a, b in halves(runs):
-        if a.samples is None or b.samples is None:
-            continue
-        samples_a, seeds_a = load_samples(a.samples)
-        samples_b, seeds_b = load_samples(b.samples)
-        if not np.array_equal(seeds_a, seeds_b):
-            raise UserError(
-                f"the halves of {a.name} ({a.location}, {b.location}) were sampled from different seeds; the "
-                "agreement compares samples from the same noise: give both runs the same seed and num_samples"
-            )
-        metric = TwoModelAgreement()
-        metric.update(samples_a, samples_b)
-        values[id(a)] = values[id(b)] = float(metric.compute()["agreement_cosine_mean"])
-    return values
-
-
-def same_noise(run: Run, anchor: Run) -> tuple[float, float] | None:
-    """Agreement (mean cosine) and median per-sample r^2 of ``run``'s samples against ``anchor``'s
-    from the same seeds; None when they were sampled from other seeds or at another shape."""
-    if run.samples is None or anchor.samples is None:
-        return None
-    samples, seeds = load_samples(run.samples)
-    anchor_samples, anchor_seeds = load_samples(anchor.samples)
-    if not np.array_equal(seeds, anchor_seeds) or samples.shape != anchor_samples.shape:
-        return None
-    metric = TwoModelAgreement()
-    metric.update(samples, anchor_samples)
-    r2 = float(per_sample_r2(anchor_samples, samples).quantile(0.5))
-    return float(metric.compute()["agreement_cosine_mean"]), r2
-
-
-def reference_agreements(runs: list[Run], reference: str | None) -> dict[int, tuple[float, float]]:
-    """Same-noise agreement and r^2 (:func:`same_noise`) of each run with the run named ``reference``
-    on the same training images, by ``id(run)``: what each change makes of the same noise."""
-    anchors = [run for run in runs if reference and run.name == reference and run.samples is not None]
-    values = {}
-    for run in runs:
-        anchor = next((a for a in anchors if a.same_images(run)), None)
-        if anchor is not None and (found := same_noise(run, anchor)) is not None:
-            values[id(run)] = found
-    return values
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": float(np.mean(values)),
-        "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-        "min": float(np.min(values)),
-        "max": float(np.max(values)),
-    }
-
-
-def seed_floor(runs: list[Run], reference: str | None, controls: list[str]) -> dict[str, Any] | None:
-    """The seed-to-seed floor: same-noise agreement and r^2 between every two of the reference and
-    its ``controls`` (the same configuration trained with other seeds on the same images and sampled
-    from the same seeds), as mean, sd, min and max over the pairs; None without two such runs.
-    A change of the reference alters what the network generates beyond training noise only when
-    its r^2 with the reference falls below this floor's minimum."""
-    if not reference or not controls:
-        return None
-    unknown = [name for name in controls if not any(run.name == name for run in runs)]
-    if unknown:
-        raise UserError(
-            f"controls: {', '.join(unknown)} not among the report's runs ({', '.join(sorted({r.name for r in runs}))}); "
-            "name the variants of the reference trained with other seeds (e.g. variant=paper_seed1 seed=1 data.seed=0 "
-            "sample_seed=0)"
-        )
-    for anchor in (run for run in runs if run.name == reference and run.samples is not None):
-        group = [anchor, *(r for r in runs if r.name in controls and r.same_images(anchor) and r.samples is not None)]
-        pairs = []
-        for i, a in enumerate(group):
-            for b in group[i + 1 :]:
-                found = same_noise(b, a)
-                if found is None:
-                    raise UserError(
-                        f"the seed control {b.name} ({b.location}) was not sampled from the seeds of {a.name} "
-                        f"({a.location}); train it with sample_seed={a.config.get('sample_seed', a.config.get('seed'))}"
-                    )
-                pairs.append({"a": a.name, "b": b.name, "agreement": found[0], "r2": found[1]})
-        if pairs:
-            return {
-                "reference": reference,
-                "split": anchor.split,
-                "runs": [run.name for run in group],
-                "pairs": pairs,
-                "agreement": spread([pair["agreement"] for pair in pairs]),
-                "r2": spread([pair["r2"] for pair in pairs]),
-            }
-    raise UserError(
-        f"controls={controls}: none was trained on the images of a {reference} run with samples; train them "
-        "with data.seed fixed to the reference's (data.seed=0) so only the training seed differs"
-    )
-
-
 def fid_columns(runs: list[Run]) -> list[str]:
     """The FID keys any run measured (``fid@64``, ``fd_<model>@1k``, ...), sorted."""
     return sorted({key for run in runs for key in run.measure if key.startswith(("fid@", "fd_"))})
@@ -219,18 +115,6 @@ def convergence(run: Run, tolerance: float) -> tuple[float | None, str | None]:
     if change is None:
         return None, "unknown (validate at least every quarter of the steps)"
     return change, "yes" if change < tolerance else "no"
-
-
-def beyond_floor(run: Run, r2: float | None, floor: dict[str, Any] | None) -> str | None:
-    """"control" for the floor's own runs; else "yes" when the run's same-noise r^2 with the
-    reference is below the lowest seed-to-seed r^2, "no" when not, None without a floor or r^2."""
-    if floor is None:
-        return None
-    if run.name in floor["runs"]:
-        return "control"
-    if r2 is None:
-        return None
-    return "yes" if r2 < floor["r2"]["min"] else "no"
 
 
 def floor_row(columns: list[str], floor: dict[str, Any]) -> dict[str, Any]:
@@ -396,46 +280,9 @@ def figure(path: Path, runs: list[Run], columns: int) -> Path | None:
     return path
 
 
-def dataset_size_rows(runs: list[Run], explained: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """For every trained variant run at two or more training-set sizes (``data.num_train``): per N
-    the memorized fraction and the median r^2 to the empirical denoiser (each the mean over the
-    variant's runs at that N: both halves when both were run) and the two-model agreement of the
-    halves. The memorization-to-generalization transition of that architecture."""
-    empirical = {run.name for run in runs if family_of(run) == "empirical"}
-    agreement = agreements(runs)
-    by_variant: dict[str, dict[int, list[Run]]] = {}
-    for run in runs:
-        size = (run.config.get("data") or {}).get("num_train")
-        if (run.config.get("denoiser") or {}).get("fit") == "sgd" and size is not None:
-            by_variant.setdefault(run.name, {}).setdefault(int(size), []).append(run)
-    table = []
-    for variant, by_size in by_variant.items():
-        if len(by_size) < 2:
-            continue
-        for size, group in sorted(by_size.items()):
-            memorized = [run.measure["memorized_fraction"] for run in group if "memorized_fraction" in run.measure]
-            r2 = [
-                value
-                for run in group
-                for name, value in (explained.get(id(run)) or {}).get("r2_median", {}).items()
-                if name in empirical
-            ]
-            pair = [agreement[id(run)] for run in group if id(run) in agreement]
-            table.append(
-                {
-                    "variant": variant,
-                    "N": size,
-                    "memorized": float(np.mean(memorized)) if memorized else None,
-                    "two-model agreement": pair[0] if pair else None,
-                    "r2 vs empirical": float(np.mean(r2)) if r2 else None,
-                    "runs": len(group),
-                }
-            )
-    return table
-
-
-def write_dataset_size(out: Path, table: list[dict[str, Any]]) -> str:
-    """The dataset-size table (appended to report.md), ``dataset_size.json`` and ``report_n.png``; returns the table."""
+def write_dataset_size(out: Path, table: list[dict[str, Any]], picture: bool) -> str:
+    """The dataset-size table (appended to report.md), ``dataset_size.json`` and with ``picture``
+    ``report_n.png``; returns the table."""
     atomic_write_text(out / "dataset_size.json", json.dumps(table, indent=2) + "\n")
     columns = ["variant", "N", "memorized", "two-model agreement", "r2 vs empirical", "runs"]
     lines = [
@@ -455,7 +302,8 @@ def write_dataset_size(out: Path, table: list[dict[str, Any]]) -> str:
         for measure in ("memorized", "two-model agreement", "r2 vs empirical"):
             if row[measure] is not None:
                 series.setdefault(row["variant"], {}).setdefault(measure, []).append((row["N"], row[measure]))
-    dataset_size_figure(out / "report_n.png", series, "memorization to generalization: the same networks at several N")
+    if picture:
+        dataset_size_figure(out / "report_n.png", series, "memorization to generalization: the same networks at several N")
     return text
 
 
@@ -567,7 +415,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         markdown += write_explanations(out, runs, explained)
     sizes = dataset_size_rows(runs, explained)
     if sizes:
-        markdown += write_dataset_size(out, sizes)
+        markdown += write_dataset_size(out, sizes, bool(cfg.figure))
     write_csv(out / "report.csv", columns, table)
     if floor is not None:
         atomic_write_text(out / "seed_floor.json", json.dumps(floor, indent=2) + "\n")

@@ -116,4 +116,4 @@ echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, 
 controls=(reference=paper controls=[paper_seed1,paper_seed2])
 "$python" -m lightning_diff.report sweep="$keep/grid" "${controls[@]}" figure=false  # every run, both halves
 "$python" -m lightning_diff.report sweep="$keep/grid" "${controls[@]}" show_split=half_a out="$keep/grid/half_a_report"
-"$python" -m lightning_diff.report sweep="$keep/dataset_size" reference=null figure=false
+"$python" -m lightning_diff.report sweep="$keep/dataset_size" reference=null

@@ -89,6 +89,7 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
     sizes = json.loads((keep / "dataset_size" / "dataset_size.json").read_text())
     assert [(row["variant"], row["N"], row["runs"]) for row in sizes] == [("paper", 12, 2), ("paper", 24, 2)]
     assert all(row["two-model agreement"] is not None and row["r2 vs empirical"] is not None for row in sizes)
+    assert (keep / "dataset_size" / "report_n.png").is_file() and (keep / "grid" / "half_a_report" / "report_floor.png").is_file()
     assert "sitting finished" in (keep / "wall_time.log").read_text()
     # The next sitting, on a machine without the first one's run directories: nothing is trained again.
     shutil.rmtree(tmp_path / "sitting1")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import yaml
 
 from lightning_diff.errors import UserError
@@ -217,3 +219,9 @@ def last_quarter_change(history: list[dict[str, Any]]) -> float | None:
         return None
     quarter = earlier[-1]["val_loss_per_level"]
     return max(abs(last - then) / max(abs(last), 1e-12) for last, then in zip(end["val_loss_per_level"], quarter))
+
+
+def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """The samples and their per-sample seeds from a run's samples.npz."""
+    with np.load(path) as archive:
+        return torch.from_numpy(np.asarray(archive["samples"], dtype=np.float32)), archive["seeds"]
