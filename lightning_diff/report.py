@@ -16,6 +16,13 @@ the figure), every trained run is also explained (:mod:`lightning_diff.metrics.e
 r^2 against each machine and each baseline (closed-form linear, empirical, nearest), the share
 of the best baseline's error each machine removes, and the best explanation; per level in
 report.md's second table and, with Pearson r, in ``explanations.json``.
+
+With ``controls=[...]`` (the reference variant trained with other seeds) the table ends with the
+seed-to-seed floor (:mod:`lightning_diff.metrics.same_noise`) and marks every run whose same-noise
+r^2 with the reference falls below it; ``report_floor.png`` draws it. A trained variant run at
+several ``data.num_train`` gets the dataset-size table and ``report_n.png``
+(:mod:`lightning_diff.metrics.dataset_size`). ``show_split=half_a`` keeps one data half in the
+table and figure.
 """
 
 import csv

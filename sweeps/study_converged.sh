@@ -36,6 +36,8 @@ export PYTHON=$python REPORT=0
 mkdir -p "$out" "$keep"
 started=$(date +%s)
 echo "$(date -u +%FT%TZ) sitting started" >> "$keep/wall_time.log"
+# A sitting that is stopped (Ctrl-C, kill, the end of a session) still records its wall time.
+trap 'echo "$(date -u +%FT%TZ) sitting stopped: $(( $(date +%s) - started )) s wall" >> "$keep/wall_time.log"; exit 130' INT TERM
 machines="els ls"
 every=${GRID:-$(cd conf/experiment/paper/unet && ls *.yaml | sed 's/\.yaml$//')}
 rest=$(printf '%s\n' $every | grep -vxF -e paper -e els -e ls | tr '\n' ' ')

@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ] || { [ "$1" != 32 ] && [ "$1" != 64 ]; }; then
-    sed -n 2,17p "$0"
+    sed -n 2,16p "$0"
     exit 2
 fi
 size=$1

@@ -96,3 +96,10 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
     second = converged_study(tmp_path / "sitting2", keep, fashion_stand_in)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "kept   paper (finished before)" in second.stdout and "done   " not in second.stdout
+
+
+def test_the_gpu_study_command_says_how_to_call_it():
+    result = subprocess.run(["bash", str(REPO / "sweeps" / "study_gpu.sh"), "48", "/data"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "sweeps/study_gpu.sh 32 DATA_ROOT" in result.stdout and "sweeps/study_gpu.sh 64 DATA_ROOT" in result.stdout
