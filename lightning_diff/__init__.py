@@ -6,6 +6,6 @@ with what theory predicts, and measure realism and copying of every run.
 
 __version__ = "0.1.0"
 
-from lightning_diff.config_resolvers import register as _register_resolvers
+from lightning_diff.run.config_resolvers import register as _register_resolvers
 
 _register_resolvers()
