@@ -49,7 +49,14 @@ from lightning_diff.metrics.same_noise import agreements, beyond_floor, referenc
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
-from lightning_diff.run.study import Run, last_quarter_change, load_samples, runs_in_directory, runs_in_wandb_group
+from lightning_diff.run.study import (
+    CONVERGENCE_TOLERANCE,
+    Run,
+    convergence,
+    load_samples,
+    runs_in_directory,
+    runs_in_wandb_group,
+)
 from lightning_diff.sample import load_denoiser
 
 FIXED_COLUMNS = (
@@ -82,9 +89,6 @@ HEADINGS = {
     "run": "run",
 }
 LABEL_CHARACTERS = 28  # a row label's line length in the figure's label strip
-# Issue 15's criterion: a trained run has converged when no level's validation loss moved by 2%
-# or more over the last quarter of its training.
-CONVERGENCE_TOLERANCE = 0.02
 
 
 def fid_columns(runs: list[Run]) -> list[str]:
@@ -111,17 +115,6 @@ def explanation_cells(result: dict[str, Any] | None, columns: list[str]) -> dict
         cells[f"removes {name}"] = value
     cells["best explanation"] = result["best_explanation"]
     return cells
-
-
-def convergence(run: Run, tolerance: float) -> tuple[float | None, str | None]:
-    """A trained run's largest last-quarter change of a level's validation loss and whether it is
-    below ``tolerance`` ("yes" / "no"); (None, None) for fitted runs or too few validations."""
-    if (run.config.get("denoiser") or {}).get("fit") != "sgd":
-        return None, None
-    change = last_quarter_change(run.val_history)
-    if change is None:
-        return None, "unknown (validate at least every quarter of the steps)"
-    return change, "yes" if change < tolerance else "no"
 
 
 def floor_row(columns: list[str], floor: dict[str, Any]) -> dict[str, Any]:

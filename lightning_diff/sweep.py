@@ -9,6 +9,8 @@ what ``python -m lightning_diff.train -m`` would run as job i::
     python -m lightning_diff.sweep count sweeps/paper_unet.yaml                # 27
     python -m lightning_diff.sweep overrides sweeps/paper_unet.yaml 3          # overrides of run 3, one a line
     python -m lightning_diff.sweep keep runs/study/no_skip docs/results/study  # a finished run's summary
+    python -m lightning_diff.sweep unconverged docs/results/study              # trained runs that did not converge
+    python -m lightning_diff.sweep longer docs/results/study/no_skip           # its overrides with 2x the steps
 """
 
 import argparse
@@ -23,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_diff.errors import UserError
 from lightning_diff.run.cli import exit_on_user_error
-from lightning_diff.run.study import keep_summary
+from lightning_diff.run.study import CONVERGENCE_TOLERANCE, keep_summary, longer_overrides, unconverged
 
 
 def sweep_params(path: Path) -> list[str]:
@@ -69,7 +71,21 @@ def main(argv: list[str] | None = None) -> None:
     keep = commands.add_parser("keep", help="copy a finished run's run.json and samples.npz to DEST/<run name>")
     keep.add_argument("run_dir", type=Path)
     keep.add_argument("dest", type=Path)
+    failing = commands.add_parser("unconverged", help="print the trained runs below DIR that did not converge")
+    failing.add_argument("root", type=Path)
+    failing.add_argument("--tolerance", type=float, default=CONVERGENCE_TOLERANCE)
+    longer = commands.add_parser("longer", help="print a run's overrides with FACTOR times its steps, one a line")
+    longer.add_argument("run_dir", type=Path)
+    longer.add_argument("--factor", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.command in ("unconverged", "longer"):
+        found = exit_on_user_error(
+            lambda: unconverged(args.root, args.tolerance)
+            if args.command == "unconverged"
+            else longer_overrides(args.run_dir, args.factor)
+        )
+        print("\n".join(str(item) for item in found))
+        return
     if args.command == "keep":
         print(exit_on_user_error(lambda: keep_summary(args.run_dir, args.dest)))
         return

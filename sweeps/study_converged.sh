@@ -17,10 +17,14 @@
 # are made from it: KEEP_DIR/grid/report.* (every run), KEEP_DIR/grid/half_a_report/ (the half_a
 # runs with the figures) and KEEP_DIR/dataset_size/report.*.
 #
+# A trained run whose validation loss still moved >= 2% over its last quarter is trained again
+# with twice the steps (and intervals) and replaces its kept summary (marked trained_longer), once.
+#
 # Two runs at a time, one thread each (STREAMS=2 by default): on 2 cores that is 1.47x the
 # throughput of one two-thread run. SIZES: the other training-set sizes of the N sweep (the
 # grid's own data.num_train is the third). CANDIDATES: the patch sizes calibration tries. GRID:
-# the presets of the grid (default: all; paper, els and ls are always run).
+# the presets of the grid (default: all; paper, els and ls are always run). TOLERANCE: the
+# convergence criterion's largest last-quarter change (0.02).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/study_converged}
@@ -31,6 +35,7 @@ python=${PYTHON:-.venv/bin/python}
 streams=${STREAMS:-2}
 sizes=${SIZES:-"200 20000"}
 candidates=${CANDIDATES:-"[1,3,5,7,9,11,13,15,19,23,31]"}
+tolerance=${TOLERANCE:-0.02}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / streams > 0 ? $(nproc) / streams : 1 ))}
 export PYTHON=$python REPORT=0
 mkdir -p "$out" "$keep"
@@ -112,6 +117,34 @@ for size in $sizes; do
     done
     wait
 done
+
+echo "== twice the steps for each trained run of the grid that did not converge (once per run)"
+longer() {  # longer KEPT_RUN_DIR: retrain it with twice the steps and keep that run in its place
+    local kept=$1 rel start
+    rel=${kept#"$keep"/grid/}
+    mapfile -t overrides < <("$python" -m lightning_diff.sweep longer "$kept")
+    mkdir -p "$(dirname "$out/grid_longer/$rel")"
+    start=$(date +%s)
+    if "$python" -m lightning_diff.train "${overrides[@]}" hydra.run.dir="$out/grid_longer/$rel" \
+        >"$out/grid_longer/$rel.log" 2>&1; then
+        "$python" -m lightning_diff.sweep keep "$out/grid_longer/$rel" "$(dirname "$kept")" >/dev/null
+        touch "$kept/trained_longer"
+        echo "done   $rel, ${overrides[*]: -3} ($(( $(date +%s) - start )) s)"
+    else
+        echo "FAILED $rel: see $out/grid_longer/$rel.log"
+    fi
+}
+running=0
+for kept in $("$python" -m lightning_diff.sweep unconverged "$keep/grid" --tolerance "$tolerance"); do
+    [ -f "$kept/trained_longer" ] && continue  # retrained before and still not converged: the report says so
+    longer "$kept" &
+    running=$(( running + 1 ))
+    if [ "$running" -ge "$streams" ]; then
+        wait -n
+        running=$(( running - 1 ))
+    fi
+done
+wait
 
 echo "study: $(( $(date +%s) - started )) s wall this sitting"
 echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $(nproc) cores, STREAMS=$streams" >> "$keep/wall_time.log"

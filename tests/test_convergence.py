@@ -6,8 +6,9 @@ import json
 import pytest
 
 from conftest import LINEAR_SGD, train_config
-from lightning_diff.report import convergence, rows
-from lightning_diff.run.study import Run, last_quarter_change
+from lightning_diff.errors import UserError
+from lightning_diff.report import rows
+from lightning_diff.run.study import Run, convergence, last_quarter_change, longer_overrides, unconverged
 from lightning_diff.train import train
 
 
@@ -45,3 +46,27 @@ def test_run_json_holds_the_validation_curve_across_a_resume(tmp_path):
     assert steps == [25, 50, 75, 100]  # one point per validation; the final validation replaces, not adds
     assert json.loads((tmp_path / "run.json").read_text())["val_history"] == resumed["val_history"]
     assert all(len(entry["val_loss_per_level"]) == 10 for entry in resumed["val_history"])
+
+
+def test_an_unconverged_run_is_listed_and_its_longer_rerun_scales_every_step_setting(tmp_path):
+    steps = {"max_steps": 800, "val_check_interval": 200}
+    for name, last in (("settled", 0.1), ("moving", 0.08)):
+        run_dir = tmp_path / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        config = {"variant": name, "denoiser": {"fit": "sgd"}, "trainer": steps,
+                  "callbacks": {"checkpoint_every_n_steps": 200}}
+        curve = history([0.2, 0.12], [0.2, 0.11], [0.2, 0.1], [0.2, last], every=200)
+        (run_dir / "run.json").write_text(json.dumps({"config": config, "val_history": curve}))
+        (run_dir / ".hydra" / "overrides.yaml").write_text(
+            json.dumps([f"experiment=paper/unet/{name}", "trainer.max_steps=800", "data.split=half_a"]))
+    assert unconverged(tmp_path) == [tmp_path / "moving"]
+    assert unconverged(tmp_path, tolerance=0.5) == []
+    assert longer_overrides(tmp_path / "moving", 2) == [
+        "experiment=paper/unet/moving", "data.split=half_a",
+        "trainer.max_steps=1600", "trainer.val_check_interval=400", "callbacks.checkpoint_every_n_steps=400",
+    ]
+    with pytest.raises(UserError, match="factor=1 must be at least 2"):
+        longer_overrides(tmp_path / "moving", 1)
+    (tmp_path / "moving" / ".hydra" / "overrides.yaml").unlink()
+    with pytest.raises(UserError, match="has no .hydra/overrides.yaml: the command that trained it is unknown"):
+        longer_overrides(tmp_path / "moving", 2)

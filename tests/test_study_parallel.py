@@ -53,8 +53,9 @@ def test_keeping_an_unfinished_run_is_refused(tmp_path):
     assert not (tmp_path / "kept").exists()
 
 
-def converged_study(out: Path, keep: Path, root: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, GRID="no_skip empirical", SIZES="12", CANDIDATES="[1,3]")
+def converged_study(out: Path, keep: Path, root: str, tolerance: str = "1e9") -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, GRID="no_skip empirical", SIZES="12", CANDIDATES="[1,3]",
+               TOLERANCE=tolerance)
     overrides = [
         *TINY, f"data.root={root}", "unet_width=4", "trainer.max_steps=8", "trainer.val_check_interval=2",
         "callbacks.checkpoint_every_n_steps=4", "trainer.enable_progress_bar=false",
@@ -91,11 +92,26 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
     assert all(row["two-model agreement"] is not None and row["r2 vs empirical"] is not None for row in sizes)
     assert (keep / "dataset_size" / "report_n.png").is_file() and (keep / "grid" / "half_a_report" / "report_floor.png").is_file()
     assert "sitting finished" in (keep / "wall_time.log").read_text()
-    # The next sitting, on a machine without the first one's run directories: nothing is trained again.
+    assert not list(keep.rglob("trained_longer"))  # every run counted as converged (TOLERANCE=1e9)
+    # The next sitting, on a machine without the first one's run directories: nothing of the grid is
+    # trained again, but with a tolerance no run meets, every trained run of the grid is trained
+    # again once with twice the steps, and that run replaces its kept summary.
     shutil.rmtree(tmp_path / "sitting1")
-    second = converged_study(tmp_path / "sitting2", keep, fashion_stand_in)
+    second = converged_study(tmp_path / "sitting2", keep, fashion_stand_in, tolerance="0")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "kept   paper (finished before)" in second.stdout and "done   " not in second.stdout
+    assert "kept   paper (finished before)" in second.stdout and "done   paper (" not in second.stdout
+    retrained = sorted(path.parent.relative_to(keep / "grid") for path in keep.rglob("trained_longer"))
+    assert [str(path) for path in retrained] == [
+        "controls_1/paper", "controls_2/paper", "half_a/no_skip", "half_a/paper", "half_b/no_skip", "half_b/paper",
+    ]
+    longer = json.loads((keep / "grid" / "half_a" / "paper" / "run.json").read_text())["config"]
+    assert longer["trainer"]["max_steps"] == 16 and longer["trainer"]["val_check_interval"] == 4
+    assert longer["data"]["split"] == "half_a" and longer["variant"] == "paper"
+    control = json.loads((keep / "grid" / "controls_1" / "paper" / "run.json").read_text())["config"]
+    assert (control["variant"], control["seed"], control["sample_seed"], control["trainer"]["max_steps"]) == (
+        "paper_seed1", 1, 0, 16)
+    third = converged_study(tmp_path / "sitting3", keep, fashion_stand_in, tolerance="0")
+    assert third.returncode == 0 and "done   " not in third.stdout  # each run is retrained once only
 
 
 def test_the_gpu_study_command_says_how_to_call_it():

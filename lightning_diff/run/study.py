@@ -24,6 +24,11 @@ from lightning_diff.run.atomic import atomic_write, atomic_write_text
 LEVEL_KEY = re.compile(r"^val/loss_level_(\d+)$")
 MEASURE_PREFIX = "measure/"
 HALVES = ("half_a", "half_b")
+# Issue 15's criterion: a trained run has converged when no level's validation loss moved by 2%
+# or more over the last quarter of its training.
+CONVERGENCE_TOLERANCE = 0.02
+# What a run's steps set: longer_overrides scales all three together.
+STEP_KEYS = ("trainer.max_steps", "trainer.val_check_interval", "callbacks.checkpoint_every_n_steps")
 NOT_IMAGES = ("batch_size", "num_workers", "root", "num_val")
 
 
@@ -225,3 +230,38 @@ def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
     """The samples and their per-sample seeds from a run's samples.npz."""
     with np.load(path) as archive:
         return torch.from_numpy(np.asarray(archive["samples"], dtype=np.float32)), archive["seeds"]
+
+
+def convergence(run: Run, tolerance: float) -> tuple[float | None, str | None]:
+    """A trained run's largest last-quarter change of a level's validation loss and whether it is
+    below ``tolerance`` ("yes" / "no"); (None, None) for fitted runs or too few validations."""
+    if (run.config.get("denoiser") or {}).get("fit") != "sgd":
+        return None, None
+    change = last_quarter_change(run.val_history)
+    if change is None:
+        return None, "unknown (validate at least every quarter of the steps)"
+    return change, "yes" if change < tolerance else "no"
+
+
+def unconverged(root: Path, tolerance: float = CONVERGENCE_TOLERANCE) -> list[Path]:
+    """The run directories below ``root`` of trained runs that did not converge by the criterion."""
+    return [Path(run.location) for run in runs_in_directory(root) if convergence(run, tolerance)[1] == "no"]
+
+
+def longer_overrides(run_dir: Path, factor: int) -> list[str]:
+    """The Hydra overrides that retrain the run in ``run_dir`` with ``factor`` times its steps (and
+    its validation and checkpoint intervals), so the last quarter is read at the same fraction."""
+    if factor < 2:
+        raise UserError(f"factor={factor} must be at least 2 (the point is to train longer)")
+    run = read_run_dir(run_dir)
+    if not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        raise UserError(f"{run_dir} has no .hydra/overrides.yaml: the command that trained it is unknown")
+    scaled = []
+    for key in STEP_KEYS:
+        section, name = key.split(".")
+        value = (run.config.get(section) or {}).get(name)
+        if not isinstance(value, int):
+            raise UserError(f"{run_dir}: {key}={value!r} is not a step count, so it cannot be scaled")
+        scaled.append(f"{key}={value * factor}")
+    own = [item for item in run.overrides if not item.startswith(tuple(f"{key}=" for key in STEP_KEYS))]
+    return own + scaled
