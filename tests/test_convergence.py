@@ -7,6 +7,7 @@ import pytest
 
 from conftest import LINEAR_SGD, train_config
 from lightning_diff.errors import UserError
+from lightning_diff.module import DiffusionModule
 from lightning_diff.report import rows
 from lightning_diff.run.study import Run, convergence, last_quarter_change, longer_overrides, unconverged
 from lightning_diff.train import train
@@ -70,3 +71,22 @@ def test_an_unconverged_run_is_listed_and_its_longer_rerun_scales_every_step_set
     (tmp_path / "moving" / ".hydra" / "overrides.yaml").unlink()
     with pytest.raises(UserError, match="has no .hydra/overrides.yaml: the command that trained it is unknown"):
         longer_overrides(tmp_path / "moving", 2)
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_with_the_validation_of_that_step(tmp_path, monkeypatch):
+    # Checkpoint and validation both every 25 steps; the run dies at step 60, after step 50's
+    # checkpoint: the resumed run's curve must still hold step 50's validation.
+    common = [*LINEAR_SGD, "callbacks.checkpoint_every_n_steps=25", "trainer.max_steps=100"]
+    original = DiffusionModule.training_step
+
+    def dies_at_60(self, *args, **kwargs):
+        if self.global_step == 60:
+            raise RuntimeError("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionModule, "training_step", dies_at_60)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(train_config(tmp_path, *common))
+    monkeypatch.setattr(DiffusionModule, "training_step", original)
+    resumed = train(train_config(tmp_path, *common))
+    assert [entry["step"] for entry in resumed["val_history"]] == [25, 50, 75, 100]
