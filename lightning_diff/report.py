@@ -139,13 +139,15 @@ def rows(
     explained: dict[int, dict[str, Any]] | None = None,
     tolerance: float = CONVERGENCE_TOLERANCE,
     floor: dict[str, Any] | None = None,
+    agreement: dict[int, float] | None = None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """The table's columns and one row of raw values per run (None where a value is missing), and
-    with a seed ``floor`` a last row holding it."""
+    with a seed ``floor`` a last row holding it. ``agreement``: the halves' agreements when the
+    caller has them already (:func:`~lightning_diff.metrics.same_noise.agreements`)."""
     explained = explained or {}
     explaining = explanation_columns(explained)
     fids = fid_columns(runs)
-    agreement = agreements(runs)
+    agreement = agreements(runs) if agreement is None else agreement
     vs_reference = reference_agreements(runs, reference)
     table = []
     for run in runs:
@@ -396,7 +398,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     runs, named = with_machines(runs, list(cfg.get("machines") or []))
     explained = explanations(runs, named, lambda run: generated(run, str(cfg.device)))
     floor = seed_floor(runs, cfg.get("reference"), [str(name) for name in cfg.get("controls") or []])
-    columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor)
+    agreement = agreements(runs)  # read by the table and the dataset-size table: loaded once
+    columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor, agreement)
     for row in table:
         if row["converged"] == "no":
             print(f"not converged: {row['variant']} ({row['split']}), a level's validation loss moved "
@@ -413,7 +416,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     markdown = write_markdown(out / "report.md", columns, table)
     if explained:
         markdown += write_explanations(out, runs, explained)
-    sizes = dataset_size_rows(runs, explained)
+    sizes = dataset_size_rows(runs, explained, agreement)
     if sizes:
         markdown += write_dataset_size(out, sizes, bool(cfg.figure))
     write_csv(out / "report.csv", columns, table)

@@ -7,17 +7,18 @@ from typing import Any
 import numpy as np
 
 from lightning_diff.metrics.explanation import family_of
-from lightning_diff.metrics.same_noise import agreements
 from lightning_diff.run.study import Run
 
 
-def dataset_size_rows(runs: list[Run], explained: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+def dataset_size_rows(
+    runs: list[Run], explained: dict[int, dict[str, Any]], agreement: dict[int, float]
+) -> list[dict[str, Any]]:
     """For every trained variant run at two or more training-set sizes (``data.num_train``): per N
     the memorized fraction and the median r^2 to the empirical denoiser (each the mean over the
     variant's runs at that N: both halves when both were run) and the two-model agreement of the
-    halves. The memorization-to-generalization transition of that architecture."""
+    halves (``agreement``: :func:`~lightning_diff.metrics.same_noise.agreements` of ``runs``). The
+    memorization-to-generalization transition of that architecture."""
     empirical = {run.name for run in runs if family_of(run) == "empirical"}
-    agreement = agreements(runs)
     by_variant: dict[str, dict[int, list[Run]]] = {}
     for run in runs:
         size = (run.config.get("data") or {}).get("num_train")
