@@ -91,7 +91,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> DiffusionModule:
     }
     return DiffusionModule(
         denoiser,
-        diffusion.objective(grid, denoiser.conditioning),
+        diffusion.objective(grid, denoiser.conditioning, sigma_data=cfg.denoiser.get("sigma_data")),
         optimizer=instantiate(cfg.optimizer) if trainable else None,
         schedule=WarmupCosine(total_steps=training_steps(cfg, denoiser.fit), **plain(cfg.lr_schedule)),
         seed=int(cfg.seed),

@@ -82,6 +82,11 @@ def test_every_preset_shares_the_study_settings_and_unet_presets_change_one_knob
     for name, config in configs.items():
         denoiser = config.pop("denoiser")
         assert config.pop("variant") == name
+        # A network shared by all levels takes EDM's level weights, which per-level networks
+        # ignore (tests/test_objective.py), so the objective is still the study's one.
+        if name in ("conditioned", "dit"):
+            assert config["diffusion"].pop("level_weights") == "edm", name
+            config["diffusion"]["level_weights"] = shared["diffusion"]["level_weights"]
         # Data, noise grid, sampler, schedule and measurement: one set for the whole study.
         assert config == shared, name
         if denoiser["_target_"] == UNET_TARGET:

@@ -22,7 +22,7 @@ class Diffusion:
     grid_values: list[float] | None
     level_sampling: str
     assignment: str
-    level_weights: list[float] | None
+    level_weights: list[float] | str | None
     p_mean: float
     p_std: float
 
@@ -43,8 +43,9 @@ class Diffusion:
             levels=None if explicit is None else list(explicit),
         )
 
-    def objective(self, grid: NoiseGrid, conditioning: str) -> DiffusionObjective:
-        """The shared objective; ``assignment=auto`` trains per-level networks on every level of each batch."""
+    def objective(self, grid: NoiseGrid, conditioning: str, sigma_data: float | None = None) -> DiffusionObjective:
+        """The shared objective; ``assignment=auto`` trains per-level networks on every level of each batch.
+        ``sigma_data`` is the denoiser's (``level_weights=edm`` needs it)."""
         assignment = self.assignment
         if assignment == "auto":
             every = conditioning == "per_level" and self.level_sampling == "discrete"
@@ -59,6 +60,7 @@ class Diffusion:
             levels=self.level_sampling,
             assignment=assignment,
             level_weights=self.level_weights,
+            sigma_data=sigma_data,
             p_mean=float(self.p_mean),
             p_std=float(self.p_std),
         )

@@ -8,6 +8,16 @@ How levels are drawn for a batch:
 - ``uniform``: t uniform in [t_min, t_max] (only for denoisers that accept any t);
 - ``lognormal``: EDM's ln(sigma) ~ N(p_mean, p_std^2), clipped to [t_min, t_max].
 
+Each sample's x0 MSE is weighted by ``level_weights``: none (all ones), K values (one per grid
+level), or ``edm``, Karras et al.'s (2022) lambda(t) = 1 / c_out(t)^2 = (1 - t) / t + 1 / s^2 for
+data standard deviation s. With edm preconditioning that is the unit-variance loss of the
+network's own output F at every level; for any denoiser it is the x0 MSE divided by what the
+best linear denoiser of variance-s^2 data leaves, s^2 t / ((1 - t) s^2 + t). A network shared
+by all levels needs it: unweighted, the x0 MSE at t = 0.001 (~5e-4) is a 1/500 share of the
+loss at t = 0.999, and the study's one-network UNet let its lowest level drift upward while the
+others improved (docs/results.md). Per-level networks do not: each has its own parameters, and
+Adam's step is unchanged by a constant factor on one network's loss.
+
 All randomness of step ``s`` is drawn for the *global* batch from a generator seeded by
 (seed, s) and each rank takes its rows, so a resumed run and a DDP run reproduce a
 single-process run exactly.
@@ -17,6 +27,7 @@ single-process run exactly.
 import torch
 from torch import Tensor
 
+from lightning_diff.denoisers.preconditioning import check_sigma_data
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.process import DenoiserFn, add_noise, sigma_to_t
 from lightning_diff.errors import UserError
@@ -34,7 +45,8 @@ class DiffusionObjective:
         grid: NoiseGrid,
         levels: str = "discrete",
         assignment: str = "random",
-        level_weights: list[float] | None = None,
+        level_weights: list[float] | str | None = None,
+        sigma_data: float | None = None,
         p_mean: float = -1.2,
         p_std: float = 1.2,
     ) -> None:
@@ -46,14 +58,29 @@ class DiffusionObjective:
             )
         if assignment == "every_level" and levels != "discrete":
             raise UserError("diffusion.assignment=every_level needs diffusion.level_sampling=discrete")
-        if level_weights is not None and len(level_weights) != len(grid):
+        if isinstance(level_weights, str):
+            if level_weights != "edm":
+                raise UserError(
+                    f"diffusion.level_weights={level_weights!r} is not valid; give null, {len(grid)} numbers, or edm"
+                )
+            if sigma_data is None:
+                raise UserError(
+                    "diffusion.level_weights=edm weights each level by 1 / c_out(t)^2, which needs the data's "
+                    "standard deviation, but this denoiser has no sigma_data; use a denoiser with "
+                    "denoiser.sigma_data (unet, dit, bottleneck_image) or give diffusion.level_weights as numbers"
+                )
+            check_sigma_data(sigma_data)
+        elif level_weights is not None and len(level_weights) != len(grid):
             raise UserError(
                 f"diffusion.level_weights has {len(level_weights)} entries but the grid has {len(grid)} levels"
             )
         self.grid = grid
         self.levels = levels
         self.assignment = assignment
-        self.level_weights = None if level_weights is None else torch.tensor(level_weights, dtype=torch.float32)
+        self.edm_weights = level_weights == "edm"
+        self.sigma_data = sigma_data
+        listed = level_weights is not None and not self.edm_weights
+        self.level_weights = torch.tensor(level_weights, dtype=torch.float32) if listed else None
         self.p_mean = p_mean
         self.p_std = p_std
 
@@ -91,6 +118,8 @@ class DiffusionObjective:
 
     def weights(self, t: Tensor) -> Tensor:
         """Per-sample loss weights (all ones unless ``level_weights`` is set)."""
+        if self.edm_weights:
+            return (1.0 - t) / t + 1.0 / self.sigma_data**2
         if self.level_weights is None:
             return torch.ones_like(t)
         idx = self.grid.index_of(t)
