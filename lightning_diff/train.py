@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from lightning_diff.callbacks.context import RunContext
@@ -59,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with run_finished(logger):
         if logger and trainer.is_global_zero:
             open_wandb_run(logger)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        fit_to_the_end(trainer, module, datamodule, resume_from, parts.checkpoint)
         metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         trainer.save_checkpoint(parts.checkpoint, weights_only=False)
         summary = summarize(module, trainer, parts, metrics, started)
@@ -75,6 +76,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_json_atomic(run_dir / "run.json", summary)
             print_summary(run_dir, summary)
     return summary
+
+
+def fit_to_the_end(
+    trainer: L.Trainer, module: DiffusionModule, datamodule: Any, resume_from: Path | None, checkpoint: Path
+) -> None:
+    """``trainer.fit``, or one clear error when SIGTERM (kill, the end of a SLURM attempt) stopped it.
+
+    Lightning ends a SIGTERM'd fit with ``SIGTERMException``, a ``SystemExit`` of status 0 (older
+    versions just return): the process would look finished to its caller with no run.json."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except SIGTERMException:
+        pass
+    if trainer.received_sigterm:
+        raise UserError(
+            f"the run received SIGTERM and stopped at step {trainer.global_step} of {trainer.max_steps}; "
+            f"run the same command again to resume from its last checkpoint ({checkpoint})"
+        )
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> DiffusionModule:

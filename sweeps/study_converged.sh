@@ -126,8 +126,8 @@ longer() {  # longer KEPT_RUN_DIR: retrain it with twice the steps and keep that
     mkdir -p "$(dirname "$out/grid_longer/$rel")"
     start=$(date +%s)
     if "$python" -m lightning_diff.train "${overrides[@]}" hydra.run.dir="$out/grid_longer/$rel" \
-        >"$out/grid_longer/$rel.log" 2>&1; then
-        "$python" -m lightning_diff.sweep keep "$out/grid_longer/$rel" "$(dirname "$kept")" >/dev/null
+        >"$out/grid_longer/$rel.log" 2>&1 &&
+        "$python" -m lightning_diff.sweep keep "$out/grid_longer/$rel" "$(dirname "$kept")" >/dev/null; then
         touch "$kept/trained_longer"
         echo "done   $rel, ${overrides[*]: -3} ($(( $(date +%s) - start )) s)"
     else

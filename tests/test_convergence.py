@@ -2,6 +2,8 @@
 it converged (no level's validation loss moved by 2% or more over the last quarter)."""
 
 import json
+import os
+import signal
 
 import pytest
 
@@ -90,3 +92,22 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_validation_of_that_ste
     monkeypatch.setattr(DiffusionModule, "training_step", original)
     resumed = train(train_config(tmp_path, *common))
     assert [entry["step"] for entry in resumed["val_history"]] == [25, 50, 75, 100]
+
+
+def test_a_run_stopped_by_sigterm_fails_with_the_resume_hint_and_resumes(tmp_path, monkeypatch):
+    # Lightning stops fit quietly on SIGTERM; the run must not look finished (no run.json, an
+    # error), and the same command resumes it to the end.
+    common = [*LINEAR_SGD, "callbacks.checkpoint_every_n_steps=25", "trainer.max_steps=100"]
+    original = DiffusionModule.training_step
+
+    def terminated_at_60(self, *args, **kwargs):
+        if self.global_step == 60:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionModule, "training_step", terminated_at_60)
+    with pytest.raises(UserError, match=r"received SIGTERM and stopped at step \d+ of 100; run the same command"):
+        train(train_config(tmp_path, *common))
+    assert not (tmp_path / "run.json").exists()
+    monkeypatch.setattr(DiffusionModule, "training_step", original)
+    assert train(train_config(tmp_path, *common))["global_step"] == 100
