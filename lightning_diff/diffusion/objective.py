@@ -77,7 +77,7 @@ class DiffusionObjective:
         self.grid = grid
         self.levels = levels
         self.assignment = assignment
-        self.edm_weights = level_weights == "edm"
+        self.edm_weights = isinstance(level_weights, str)  # "edm", the one name accepted above
         self.sigma_data = sigma_data
         listed = level_weights is not None and not self.edm_weights
         self.level_weights = torch.tensor(level_weights, dtype=torch.float32) if listed else None
