@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def fit_to_the_end(
     trainer: L.Trainer, module: DiffusionModule, datamodule: Any, resume_from: Path | None, checkpoint: Path
 ) -> None:
-    """``trainer.fit``, or one clear error when SIGTERM (kill, the end of a SLURM attempt) stopped it.
+    """Lightning's fit, or one clear error when SIGTERM (kill, the end of a SLURM attempt) stopped it.
 
     Lightning ends a SIGTERM'd fit with ``SIGTERMException``, a ``SystemExit`` of status 0 (older
     versions just return): the process would look finished to its caller with no run.json."""

@@ -27,7 +27,6 @@ single-process run exactly.
 import torch
 from torch import Tensor
 
-from lightning_diff.denoisers.preconditioning import check_sigma_data
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.process import DenoiserFn, add_noise, sigma_to_t
 from lightning_diff.errors import UserError
@@ -69,7 +68,8 @@ class DiffusionObjective:
                     "standard deviation, but this denoiser has no sigma_data; use a denoiser with "
                     "denoiser.sigma_data (unet, dit, bottleneck_image) or give diffusion.level_weights as numbers"
                 )
-            check_sigma_data(sigma_data)
+            if not sigma_data > 0:
+                raise UserError(f"denoiser.sigma_data={sigma_data!r} must be positive for diffusion.level_weights=edm")
         elif level_weights is not None and len(level_weights) != len(grid):
             raise UserError(
                 f"diffusion.level_weights has {len(level_weights)} entries but the grid has {len(grid)} levels"
