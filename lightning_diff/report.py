@@ -77,7 +77,7 @@ HEADINGS = {
     "num_parameters": "parameters",
     "val_loss": "val loss",
     "val_loss_per_level": "val loss per level (low t first)",
-    "val_change_last_quarter": "val loss change over the last quarter (largest level)",
+    "val_change_last_quarter": "val loss change over the last quarter (largest level; - falling, + rising)",
     "converged": "converged",
     "memorized_fraction": "memorized",
     "d1_median": "median d1",
@@ -193,7 +193,7 @@ def _markdown_cell(column: str, value: Any) -> str:
     if column == "wall_time_s":
         return f"{value:.0f}"
     if column == "val_change_last_quarter":
-        return f"{value:.1%}"
+        return f"{value:+.1%}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
@@ -402,8 +402,10 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor, agreement)
     for row in table:
         if row["converged"] == "no":
+            change = row["val_change_last_quarter"]
+            direction = "still falling: train longer" if change < 0 else "rising: overfitting, not undertrained"
             print(f"not converged: {row['variant']} ({row['split']}), a level's validation loss moved "
-                  f"{row['val_change_last_quarter']:.1%} over the last quarter", file=sys.stderr)
+                  f"{change:+.1%} over the last quarter ({direction})", file=sys.stderr)
     shown = runs
     if cfg.get("show_split") is not None:
         if cfg.show_split not in {run.split for run in runs}:

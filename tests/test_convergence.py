@@ -21,7 +21,9 @@ def history(*losses: list[float], every: int = 250) -> list[dict]:
 
 def test_the_last_quarter_change_is_the_largest_level_change_since_three_quarters_of_training():
     curve = history([0.5, 0.10], [0.4, 0.09], [0.3, 0.080], [0.3, 0.0785])  # steps 250 .. 1000
-    assert last_quarter_change(curve) == pytest.approx(abs(0.0785 - 0.080) / 0.0785)
+    assert last_quarter_change(curve) == pytest.approx((0.0785 - 0.080) / 0.0785)  # falling: negative
+    rising = history([0.5, 0.10], [0.4, 0.09], [0.3, 0.080], [0.299, 0.083])
+    assert last_quarter_change(rising) == pytest.approx((0.083 - 0.080) / 0.083)  # overfitting: positive
     assert last_quarter_change(curve[:1]) is None
     assert last_quarter_change(history([0.5], [0.4], every=1000)[1:]) is None  # no validation before 3/4
 
@@ -34,10 +36,12 @@ def test_the_report_marks_trained_runs_that_have_not_converged_and_leaves_fitted
     moving = run("moving", "sgd", history([0.4, 0.2], [0.3, 0.15], [0.2, 0.1], [0.15, 0.08]))
     unknown = run("one_check", "sgd", history([0.2, 0.1]))
     fitted = run("fitted", "closed_form", [])
-    columns, table = rows([settled, moving, unknown, fitted])
+    overfitting = run("overfitting", "sgd", history([0.4, 0.2], [0.3, 0.15], [0.2, 0.1], [0.2, 0.104]))
+    columns, table = rows([settled, moving, unknown, fitted, overfitting])
     assert "converged" in columns and "val_change_last_quarter" in columns
-    assert [row["converged"] for row in table] == ["yes", "no", convergence(unknown, 0.02)[1], None]
-    assert table[1]["val_change_last_quarter"] == pytest.approx(0.05 / 0.15)
+    assert [row["converged"] for row in table] == ["yes", "no", convergence(unknown, 0.02)[1], None, "no"]
+    assert table[1]["val_change_last_quarter"] == pytest.approx(-0.05 / 0.15)
+    assert table[4]["val_change_last_quarter"] == pytest.approx(0.004 / 0.104)  # a rise fails the criterion too
     assert table[2]["converged"].startswith("unknown")
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_diff.denoisers.preconditioning import coefficients
+from lightning_diff.diffusion.edm import coefficients
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.objective import DiffusionObjective
 from lightning_diff.errors import UserError

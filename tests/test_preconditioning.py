@@ -1,4 +1,4 @@
-"""EDM preconditioning (lightning_diff/denoisers/preconditioning.py) in this package's
+"""EDM preconditioning (lightning_diff/diffusion/edm.py, lightning_diff/denoisers/preconditioning.py) in this package's
 variance-preserving noise: the three coefficients do what their derivation says, and the
 per-level and conditioned wrappers compute D = c_skip y + c_out F(c_in y)."""
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from lightning_diff.denoisers.conditioning import wrap
-from lightning_diff.denoisers.preconditioning import coefficients
 from lightning_diff.denoisers.unet import build
+from lightning_diff.diffusion.edm import coefficients
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 

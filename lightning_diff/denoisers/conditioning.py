@@ -22,8 +22,8 @@ from lightning_diff.denoisers.preconditioning import (
     LevelPreconditioned,
     Residual,
     TimePreconditioned,
-    check_sigma_data,
 )
+from lightning_diff.diffusion.edm import check_sigma_data
 from lightning_diff.diffusion.grids import NoiseGrid, level_index
 from lightning_diff.errors import UserError
 

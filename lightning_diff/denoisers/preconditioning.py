@@ -1,5 +1,6 @@
 """Karras et al.'s (2022) preconditioning of a network that denoises, written for this
-package's variance-preserving noise y = sqrt(1 - t) x0 + sqrt(t) eps.
+package's variance-preserving noise y = sqrt(1 - t) x0 + sqrt(t) eps (the scalings are in
+:mod:`lightning_diff.diffusion.edm`).
 
 With a = sqrt(1 - t), b = sqrt(t) and a per-pixel data variance s^2 (``sigma_data`` = s):
 
@@ -19,24 +20,12 @@ coefficients as buffers (so K of them stack like the bare networks), :class:`Tim
 computes them from each sample's t for a conditioned network ``F(y, t)``.
 """
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from lightning_diff.errors import UserError
+from lightning_diff.diffusion.edm import coefficients
 
 PRECONDITIONINGS = ("none", "edm", "residual")
-
-
-def coefficients(t: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(c_in, c_skip, c_out) at noise variances ``t``, shaped like ``t``."""
-    data_variance = sigma_data**2
-    total = (1.0 - t) * data_variance + t  # Var(y) per pixel
-    c_in = total.rsqrt()
-    c_skip = (1.0 - t).sqrt() * data_variance / total
-    c_out = sigma_data * t.sqrt() * c_in
-    return c_in, c_skip, c_out
 
 
 class LevelPreconditioned(nn.Module):
@@ -79,11 +68,3 @@ class Residual(nn.Module):
 
     def forward(self, y: Tensor, *t: Tensor) -> Tensor:
         return y + self.net(y, *t)
-
-
-def check_sigma_data(sigma_data: float) -> None:
-    number = isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool)
-    if not number or not math.isfinite(sigma_data) or sigma_data <= 0:
-        raise UserError(
-            f"denoiser.sigma_data={sigma_data!r} is not valid; it must be a positive number (0.5 for images in [-1, 1])"
-        )

@@ -27,6 +27,7 @@ single-process run exactly.
 import torch
 from torch import Tensor
 
+from lightning_diff.diffusion.edm import check_sigma_data, loss_weight
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.process import DenoiserFn, add_noise, sigma_to_t
 from lightning_diff.errors import UserError
@@ -68,8 +69,7 @@ class DiffusionObjective:
                     "standard deviation, but this denoiser has no sigma_data; use a denoiser with "
                     "denoiser.sigma_data (unet, dit, bottleneck_image) or give diffusion.level_weights as numbers"
                 )
-            if not sigma_data > 0:
-                raise UserError(f"denoiser.sigma_data={sigma_data!r} must be positive for diffusion.level_weights=edm")
+            check_sigma_data(sigma_data)
         elif level_weights is not None and len(level_weights) != len(grid):
             raise UserError(
                 f"diffusion.level_weights has {len(level_weights)} entries but the grid has {len(grid)} levels"
@@ -119,7 +119,7 @@ class DiffusionObjective:
     def weights(self, t: Tensor) -> Tensor:
         """Per-sample loss weights (all ones unless ``level_weights`` is set)."""
         if self.edm_weights:
-            return (1.0 - t) / t + 1.0 / self.sigma_data**2
+            return loss_weight(t, self.sigma_data)
         if self.level_weights is None:
             return torch.ones_like(t)
         idx = self.grid.index_of(t)

@@ -213,9 +213,10 @@ def keep_summary(run_dir: Path, dest: Path) -> Path:
 
 
 def last_quarter_change(history: list[dict[str, Any]]) -> float | None:
-    """The largest relative change of any level's validation loss over the last quarter of
-    training, |L_end - L_q| / L_end with L_q the last validation at or before 3/4 of the final
-    step; None without a validation there (validate at least every quarter of the steps)."""
+    """The last quarter's relative change (L_end - L_q) / L_end of the level whose validation loss
+    moved most, L_q the last validation at or before 3/4 of the final step: negative while the loss
+    still falls (undertrained), positive when it rises (overfitting: more steps make it worse).
+    None without a validation there (validate at least every quarter of the steps)."""
     if len(history) < 2:
         return None
     end = history[-1]
@@ -223,7 +224,8 @@ def last_quarter_change(history: list[dict[str, Any]]) -> float | None:
     if not earlier:
         return None
     quarter = earlier[-1]["val_loss_per_level"]
-    return max(abs(last - then) / max(abs(last), 1e-12) for last, then in zip(end["val_loss_per_level"], quarter))
+    changes = [(last - then) / max(abs(last), 1e-12) for last, then in zip(end["val_loss_per_level"], quarter)]
+    return max(changes, key=abs)
 
 
 def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
@@ -233,14 +235,14 @@ def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def convergence(run: Run, tolerance: float) -> tuple[float | None, str | None]:
-    """A trained run's largest last-quarter change of a level's validation loss and whether it is
+    """A trained run's last-quarter change (:func:`last_quarter_change`) and whether its size is
     below ``tolerance`` ("yes" / "no"); (None, None) for fitted runs or too few validations."""
     if (run.config.get("denoiser") or {}).get("fit") != "sgd":
         return None, None
     change = last_quarter_change(run.val_history)
     if change is None:
         return None, "unknown (validate at least every quarter of the steps)"
-    return change, "yes" if change < tolerance else "no"
+    return change, "yes" if abs(change) < tolerance else "no"
 
 
 def unconverged(root: Path, tolerance: float = CONVERGENCE_TOLERANCE) -> list[Path]:
