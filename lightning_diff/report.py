@@ -65,8 +65,10 @@ FIXED_COLUMNS = (
     "num_parameters",
     "val_loss",
     "val_loss_per_level",
-    "val_change_last_quarter",
+    "val_fall_last_quarter",
     "converged",
+    "val_rise_last_quarter",
+    "overfitting",
     "memorized_fraction",
     "d1_median",
 )
@@ -77,8 +79,10 @@ HEADINGS = {
     "num_parameters": "parameters",
     "val_loss": "val loss",
     "val_loss_per_level": "val loss per level (low t first)",
-    "val_change_last_quarter": "val loss change over the last quarter (largest level; - falling, + rising)",
-    "converged": "converged",
+    "val_fall_last_quarter": "largest fall of a level's val loss over the last quarter",
+    "val_rise_last_quarter": "largest rise of a level's val loss over the last quarter",
+    "converged": "converged (no level still falls by the tolerance)",
+    "overfitting": "overfitting (a level rose by the tolerance)",
     "memorized_fraction": "memorized",
     "d1_median": "median d1",
     "agreement": "agreement",
@@ -151,15 +155,17 @@ def rows(
     vs_reference = reference_agreements(runs, reference)
     table = []
     for run in runs:
-        change, converged = convergence(run, tolerance)
+        last_quarter = convergence(run, tolerance)
         row = {
             "variant": run.name,
             "split": run.split,
             "num_parameters": run.num_parameters,
             "val_loss": run.val_loss,
             "val_loss_per_level": run.val_losses or None,
-            "val_change_last_quarter": change,
-            "converged": converged,
+            "val_fall_last_quarter": last_quarter.fall,
+            "converged": last_quarter.converged,
+            "val_rise_last_quarter": last_quarter.rise,
+            "overfitting": last_quarter.overfitting,
             "memorized_fraction": run.measure.get("memorized_fraction"),
             "d1_median": run.measure.get("d1_median"),
         }
@@ -192,8 +198,8 @@ def _markdown_cell(column: str, value: Any) -> str:
         return " ".join(f"{level:.3g}" for level in value)
     if column == "wall_time_s":
         return f"{value:.0f}"
-    if column == "val_change_last_quarter":
-        return f"{value:+.1%}"
+    if column in ("val_fall_last_quarter", "val_rise_last_quarter"):
+        return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
@@ -401,11 +407,13 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     agreement = agreements(runs)  # read by the table and the dataset-size table: loaded once
     columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor, agreement)
     for row in table:
+        where = f"{row['variant']} ({row['split']})"
         if row["converged"] == "no":
-            change = row["val_change_last_quarter"]
-            direction = "still falling: train longer" if change < 0 else "rising: overfitting, not undertrained"
-            print(f"not converged: {row['variant']} ({row['split']}), a level's validation loss moved "
-                  f"{change:+.1%} over the last quarter ({direction})", file=sys.stderr)
+            print(f"not converged: {where}, a level's validation loss still fell "
+                  f"{row['val_fall_last_quarter']:.1%} over the last quarter: train it longer", file=sys.stderr)
+        if row["overfitting"] == "yes":
+            print(f"overfitting: {where}, a level's validation loss rose {row['val_rise_last_quarter']:.1%} "
+                  "over the last quarter: more steps make it worse", file=sys.stderr)
     shown = runs
     if cfg.get("show_split") is not None:
         if cfg.show_split not in {run.split for run in runs}:

@@ -9,7 +9,7 @@ what ``python -m lightning_diff.train -m`` would run as job i::
     python -m lightning_diff.sweep count sweeps/paper_unet.yaml                # 27
     python -m lightning_diff.sweep overrides sweeps/paper_unet.yaml 3          # overrides of run 3, one a line
     python -m lightning_diff.sweep keep runs/study/no_skip docs/results/study  # a finished run's summary
-    python -m lightning_diff.sweep unconverged docs/results/study              # trained runs that did not converge
+    python -m lightning_diff.sweep unconverged docs/results/study              # trained runs still improving (not converged)
     python -m lightning_diff.sweep longer docs/results/study/no_skip           # its overrides with 2x the steps
 """
 
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     keep = commands.add_parser("keep", help="copy a finished run's run.json and samples.npz to DEST/<run name>")
     keep.add_argument("run_dir", type=Path)
     keep.add_argument("dest", type=Path)
-    failing = commands.add_parser("unconverged", help="print the trained runs below DIR that did not converge")
+    failing = commands.add_parser(
+        "unconverged", help="print the trained runs below DIR still improving (a level's val loss fell >= tolerance)"
+    )
     failing.add_argument("root", type=Path)
     failing.add_argument("--tolerance", type=float, default=CONVERGENCE_TOLERANCE)
     longer = commands.add_parser("longer", help="print a run's overrides with FACTOR times its steps, one a line")

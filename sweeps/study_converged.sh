@@ -17,14 +17,17 @@
 # are made from it: KEEP_DIR/grid/report.* (every run), KEEP_DIR/grid/half_a_report/ (the half_a
 # runs with the figures) and KEEP_DIR/dataset_size/report.*.
 #
-# A trained run whose validation loss still moved >= 2% over its last quarter is trained again
-# with twice the steps (and intervals) and replaces its kept summary (marked trained_longer), once.
+# A trained run whose validation loss still fell >= 2% over its last quarter (at some level) is
+# trained again with twice the steps (and intervals) and replaces its kept summary (marked
+# trained_longer), once; one still improving after that, with four times those steps (8x the
+# grid's; marked trained_8x), once. A run with a level that rose >= 2% is overfitting: the report
+# says so, and more steps would make it worse, so it is not retrained.
 #
 # Two runs at a time, one thread each (STREAMS=2 by default): on 2 cores that is 1.47x the
 # throughput of one two-thread run. SIZES: the other training-set sizes of the N sweep (the
 # grid's own data.num_train is the third). CANDIDATES: the patch sizes calibration tries. GRID:
 # the presets of the grid (default: all; paper, els and ls are always run). TOLERANCE: the
-# convergence criterion's largest last-quarter change (0.02).
+# convergence criterion's largest last-quarter fall (0.02).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/study_converged}
@@ -118,33 +121,40 @@ for size in $sizes; do
     wait
 done
 
-echo "== twice the steps for each trained run of the grid that did not converge (once per run)"
-longer() {  # longer KEPT_RUN_DIR: retrain it with twice the steps and keep that run in its place
-    local kept=$1 rel start
-    rel=${kept#"$keep"/grid/}
-    mapfile -t overrides < <("$python" -m lightning_diff.sweep longer "$kept")
-    mkdir -p "$(dirname "$out/grid_longer/$rel")"
+longer() {  # longer KEPT_RUN_DIR FACTOR RUN_DIR MARK: retrain it with FACTOR times its steps in RUN_DIR and keep that in its place
+    local kept=$1 factor=$2 run=$3 mark=$4 start
+    mapfile -t overrides < <("$python" -m lightning_diff.sweep longer "$kept" --factor "$factor")
+    mkdir -p "$(dirname "$run")"
     start=$(date +%s)
-    if "$python" -m lightning_diff.train "${overrides[@]}" hydra.run.dir="$out/grid_longer/$rel" \
-        >"$out/grid_longer/$rel.log" 2>&1 &&
-        "$python" -m lightning_diff.sweep keep "$out/grid_longer/$rel" "$(dirname "$kept")" >/dev/null; then
-        touch "$kept/trained_longer"
-        echo "done   $rel, ${overrides[*]: -3} ($(( $(date +%s) - start )) s)"
+    if "$python" -m lightning_diff.train "${overrides[@]}" hydra.run.dir="$run" >"$run.log" 2>&1 &&
+        "$python" -m lightning_diff.sweep keep "$run" "$(dirname "$kept")" >/dev/null; then
+        touch "$kept/$mark"
+        echo "done   ${kept#"$keep"/}, ${overrides[*]: -3} ($(( $(date +%s) - start )) s)"
     else
-        echo "FAILED $rel: see $out/grid_longer/$rel.log"
+        echo "FAILED ${kept#"$keep"/}: see $run.log"
     fi
 }
-running=0
-for kept in $("$python" -m lightning_diff.sweep unconverged "$keep/grid" --tolerance "$tolerance"); do
-    [ -f "$kept/trained_longer" ] && continue  # retrained before and still not converged: the report says so
-    longer "$kept" &
-    running=$(( running + 1 ))
-    if [ "$running" -ge "$streams" ]; then
-        wait -n
-        running=$(( running - 1 ))
-    fi
+retrain_still_improving() {  # PART FACTOR RUNS MARK [AFTER]: each kept run of PART (grid, dataset_size) still
+    # improving, not yet marked MARK (and marked AFTER), retrained under $out/RUNS
+    local part=$1 factor=$2 runs=$3 mark=$4 after=${5:-} running=0
+    for kept in $("$python" -m lightning_diff.sweep unconverged "$keep/$part" --tolerance "$tolerance"); do
+        [ -f "$kept/$mark" ] && continue  # retrained before and still not converged: the report says so
+        [ -z "$after" ] || [ -f "$kept/$after" ] || continue
+        longer "$kept" "$factor" "$out/$runs/${kept#"$keep/$part"/}" "$mark" &
+        running=$(( running + 1 ))
+        if [ "$running" -ge "$streams" ]; then
+            wait -n
+            running=$(( running - 1 ))
+        fi
+    done
+    wait
+}
+for part in grid dataset_size; do
+    echo "== twice the steps for each trained run of $part still improving (once per run)"
+    retrain_still_improving $part 2 ${part}_longer trained_longer
+    echo "== four times that (8x the first steps) for each still improving after it (once per run)"
+    retrain_still_improving $part 4 ${part}_longer4 trained_8x trained_longer
 done
-wait
 
 echo "study: $(( $(date +%s) - started )) s wall this sitting"
 echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $(nproc) cores, STREAMS=$streams" >> "$keep/wall_time.log"

@@ -1,5 +1,6 @@
 """Issue #15, part: every trained run records its validation curve, and the report says whether
-it converged (no level's validation loss moved by 2% or more over the last quarter)."""
+it converged (no level's validation loss still fell by 2% or more over the last quarter) and
+whether it is overfitting (a level's rose by 2% or more)."""
 
 import json
 import os
@@ -11,7 +12,7 @@ from conftest import LINEAR_SGD, train_config
 from lightning_diff.errors import UserError
 from lightning_diff.module import DiffusionModule
 from lightning_diff.report import rows
-from lightning_diff.run.study import Run, convergence, last_quarter_change, longer_overrides, unconverged
+from lightning_diff.run.study import Run, convergence, last_quarter_changes, longer_overrides, unconverged
 from lightning_diff.train import train
 
 
@@ -19,16 +20,14 @@ def history(*losses: list[float], every: int = 250) -> list[dict]:
     return [{"step": every * (i + 1), "val_loss_per_level": list(level)} for i, level in enumerate(losses)]
 
 
-def test_the_last_quarter_change_is_the_largest_level_change_since_three_quarters_of_training():
-    curve = history([0.5, 0.10], [0.4, 0.09], [0.3, 0.080], [0.3, 0.0785])  # steps 250 .. 1000
-    assert last_quarter_change(curve) == pytest.approx((0.0785 - 0.080) / 0.0785)  # falling: negative
-    rising = history([0.5, 0.10], [0.4, 0.09], [0.3, 0.080], [0.299, 0.083])
-    assert last_quarter_change(rising) == pytest.approx((0.083 - 0.080) / 0.083)  # overfitting: positive
-    assert last_quarter_change(curve[:1]) is None
-    assert last_quarter_change(history([0.5], [0.4], every=1000)[1:]) is None  # no validation before 3/4
+def test_the_last_quarter_changes_are_each_levels_signed_change_since_three_quarters_of_training():
+    curve = history([0.5, 0.10], [0.4, 0.09], [0.3, 0.080], [0.29, 0.0785])  # steps 250 .. 1000
+    assert last_quarter_changes(curve) == pytest.approx([(0.29 - 0.3) / 0.29, (0.0785 - 0.080) / 0.0785])
+    assert last_quarter_changes(curve[:1]) is None
+    assert last_quarter_changes(history([0.5], [0.4], every=1000)[1:]) is None  # no validation before 3/4
 
 
-def test_the_report_marks_trained_runs_that_have_not_converged_and_leaves_fitted_ones_out():
+def test_converged_means_no_level_still_falls_and_a_level_that_rises_is_reported_as_overfitting():
     def run(name: str, fit: str, curve: list[dict]) -> Run:
         return Run(name=name, split="full", config={"denoiser": {"fit": fit}}, location=name, val_history=curve)
 
@@ -36,12 +35,16 @@ def test_the_report_marks_trained_runs_that_have_not_converged_and_leaves_fitted
     moving = run("moving", "sgd", history([0.4, 0.2], [0.3, 0.15], [0.2, 0.1], [0.15, 0.08]))
     unknown = run("one_check", "sgd", history([0.2, 0.1]))
     fitted = run("fitted", "closed_form", [])
-    overfitting = run("overfitting", "sgd", history([0.4, 0.2], [0.3, 0.15], [0.2, 0.1], [0.2, 0.104]))
+    # level 0 settled, level 1 past its held-out optimum: more steps would not help it
+    overfitting = run("overfitting", "sgd", history([0.4, 0.2], [0.3, 0.15], [0.2, 0.1], [0.199, 0.104]))
     columns, table = rows([settled, moving, unknown, fitted, overfitting])
-    assert "converged" in columns and "val_change_last_quarter" in columns
-    assert [row["converged"] for row in table] == ["yes", "no", convergence(unknown, 0.02)[1], None, "no"]
-    assert table[1]["val_change_last_quarter"] == pytest.approx(-0.05 / 0.15)
-    assert table[4]["val_change_last_quarter"] == pytest.approx(0.004 / 0.104)  # a rise fails the criterion too
+    assert {"converged", "overfitting", "val_fall_last_quarter", "val_rise_last_quarter"} <= set(columns)
+    assert [row["converged"] for row in table] == ["yes", "no", convergence(unknown, 0.02).converged, None, "yes"]
+    assert [row["overfitting"] for row in table] == ["no", "no", convergence(unknown, 0.02).overfitting, None, "yes"]
+    assert table[1]["val_fall_last_quarter"] == pytest.approx(0.05 / 0.15)
+    assert table[1]["val_rise_last_quarter"] == 0.0
+    assert table[4]["val_fall_last_quarter"] == pytest.approx(0.001 / 0.199)
+    assert table[4]["val_rise_last_quarter"] == pytest.approx(0.004 / 0.104)
     assert table[2]["converged"].startswith("unknown")
 
 
@@ -55,9 +58,9 @@ def test_run_json_holds_the_validation_curve_across_a_resume(tmp_path):
     assert all(len(entry["val_loss_per_level"]) == 10 for entry in resumed["val_history"])
 
 
-def test_an_unconverged_run_is_listed_and_its_longer_rerun_scales_every_step_setting(tmp_path):
+def test_a_run_still_improving_is_listed_and_its_longer_rerun_scales_every_step_setting(tmp_path):
     steps = {"max_steps": 800, "val_check_interval": 200}
-    for name, last in (("settled", 0.1), ("moving", 0.08)):
+    for name, last in (("settled", 0.1), ("moving", 0.08), ("overfitting", 0.104)):
         run_dir = tmp_path / name
         (run_dir / ".hydra").mkdir(parents=True)
         config = {"variant": name, "denoiser": {"fit": "sgd"}, "trainer": steps,
@@ -66,7 +69,7 @@ def test_an_unconverged_run_is_listed_and_its_longer_rerun_scales_every_step_set
         (run_dir / "run.json").write_text(json.dumps({"config": config, "val_history": curve}))
         (run_dir / ".hydra" / "overrides.yaml").write_text(
             json.dumps([f"experiment=paper/unet/{name}", "trainer.max_steps=800", "data.split=half_a"]))
-    assert unconverged(tmp_path) == [tmp_path / "moving"]
+    assert unconverged(tmp_path) == [tmp_path / "moving"]  # more steps would not help the overfitting one
     assert unconverged(tmp_path, tolerance=0.5) == []
     assert longer_overrides(tmp_path / "moving", 2) == [
         "experiment=paper/unet/moving", "data.split=half_a",

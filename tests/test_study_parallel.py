@@ -94,24 +94,29 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
     assert "sitting finished" in (keep / "wall_time.log").read_text()
     assert not list(keep.rglob("trained_longer"))  # every run counted as converged (TOLERANCE=1e9)
     # The next sitting, on a machine without the first one's run directories: nothing of the grid is
-    # trained again, but with a tolerance no run meets, every trained run of the grid is trained
-    # again once with twice the steps, and that run replaces its kept summary.
+    # trained again, but with a tolerance no run meets, every trained run (grid and N sweep) is
+    # trained again once with twice the steps, then once with four times that, and each replaces
+    # its kept summary.
     shutil.rmtree(tmp_path / "sitting1")
     second = converged_study(tmp_path / "sitting2", keep, fashion_stand_in, tolerance="0")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "kept   paper (finished before)" in second.stdout and "done   paper (" not in second.stdout
-    retrained = sorted(path.parent.relative_to(keep / "grid") for path in keep.rglob("trained_longer"))
-    assert [str(path) for path in retrained] == [
-        "controls_1/paper", "controls_2/paper", "half_a/no_skip", "half_a/paper", "half_b/no_skip", "half_b/paper",
-    ]
+    trained = ["controls_1/paper", "controls_2/paper", "half_a/no_skip", "half_a/paper", "half_b/no_skip", "half_b/paper"]
+    for mark in ("trained_longer", "trained_8x"):
+        retrained = sorted(str(path.parent.relative_to(keep / "grid")) for path in (keep / "grid").rglob(mark))
+        assert retrained == trained, mark
+        sizes = sorted(str(path.parent.relative_to(keep / "dataset_size")) for path in (keep / "dataset_size").rglob(mark))
+        assert sizes == ["grid/half_a/paper", "grid/half_b/paper", "n_12/half_a/paper", "n_12/half_b/paper"], mark
     longer = json.loads((keep / "grid" / "half_a" / "paper" / "run.json").read_text())["config"]
-    assert longer["trainer"]["max_steps"] == 16 and longer["trainer"]["val_check_interval"] == 4
+    assert longer["trainer"]["max_steps"] == 64 and longer["trainer"]["val_check_interval"] == 16  # 8 -> 16 -> 64
     assert longer["data"]["split"] == "half_a" and longer["variant"] == "paper"
     control = json.loads((keep / "grid" / "controls_1" / "paper" / "run.json").read_text())["config"]
     assert (control["variant"], control["seed"], control["sample_seed"], control["trainer"]["max_steps"]) == (
-        "paper_seed1", 1, 0, 16)
+        "paper_seed1", 1, 0, 64)
+    small = json.loads((keep / "dataset_size" / "n_12" / "half_b" / "paper" / "run.json").read_text())["config"]
+    assert (small["data"]["num_train"], small["data"]["split"], small["trainer"]["max_steps"]) == (12, "half_b", 64)
     third = converged_study(tmp_path / "sitting3", keep, fashion_stand_in, tolerance="0")
-    assert third.returncode == 0 and "done   " not in third.stdout  # each run is retrained once only
+    assert third.returncode == 0 and "done   " not in third.stdout  # each run is retrained twice at most
 
 
 def test_the_gpu_study_command_says_how_to_call_it():
