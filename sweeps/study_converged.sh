@@ -105,13 +105,18 @@ done
 wait
 
 echo "== the paper UNet and the empirical denoiser at other training-set sizes: $sizes"
-for half in half_a half_b; do  # the grid's own size joins the sweep as it is
-    for preset in paper empirical; do
-        if [ -f "$keep/grid/$half/$preset/run.json" ] && [ ! -f "$keep/dataset_size/grid/$half/$preset/run.json" ]; then
-            "$python" -m lightning_diff.sweep keep "$keep/grid/$half/$preset" "$keep/dataset_size/grid/$half" >/dev/null
-        fi
+copy_grid_size() {  # the grid's own size joins the N sweep as kept there (again after a retrain)
+    local half preset
+    for half in half_a half_b; do
+        for preset in paper empirical; do
+            if [ -f "$keep/grid/$half/$preset/run.json" ] &&
+                ! cmp -s "$keep/grid/$half/$preset/run.json" "$keep/dataset_size/grid/$half/$preset/run.json"; then
+                "$python" -m lightning_diff.sweep keep "$keep/grid/$half/$preset" "$keep/dataset_size/grid/$half" >/dev/null
+            fi
+        done
     done
-done
+}
+copy_grid_size
 for size in $sizes; do
     for half in half_a half_b; do
         KEEP="$keep/dataset_size/n_$size/$half" PRESETS="paper empirical" sweeps/study_parallel.sh \
@@ -139,6 +144,7 @@ retrain_still_improving() {  # PART FACTOR RUNS MARK [AFTER]: each kept run of P
     local part=$1 factor=$2 runs=$3 mark=$4 after=${5:-} running=0
     for kept in $("$python" -m lightning_diff.sweep unconverged "$keep/$part" --tolerance "$tolerance"); do
         [ -f "$kept/$mark" ] && continue  # retrained before and still not converged: the report says so
+        [[ $kept == "$keep/dataset_size/grid/"* ]] && continue  # a copy of the grid's run, retrained there
         [ -z "$after" ] || [ -f "$kept/$after" ] || continue
         longer "$kept" "$factor" "$out/$runs/${kept#"$keep/$part"/}" "$mark" &
         running=$(( running + 1 ))
@@ -155,6 +161,7 @@ for part in grid dataset_size; do
     echo "== four times that (8x the first steps) for each still improving after it (once per run)"
     retrain_still_improving $part 4 ${part}_longer4 trained_8x trained_longer
 done
+copy_grid_size
 
 echo "study: $(( $(date +%s) - started )) s wall this sitting"
 echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $(nproc) cores, STREAMS=$streams" >> "$keep/wall_time.log"

@@ -54,7 +54,7 @@ def test_keeping_an_unfinished_run_is_refused(tmp_path):
 
 
 def converged_study(out: Path, keep: Path, root: str, tolerance: str = "1e9") -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, GRID="no_skip empirical", SIZES="12", CANDIDATES="[1,3]",
+    env = dict(os.environ, PYTHON=sys.executable, GRID="empirical", SIZES="12", CANDIDATES="[1,3]",
                TOLERANCE=tolerance)
     overrides = [
         *TINY, f"data.root={root}", "unet_width=4", "trainer.max_steps=8", "trainer.val_check_interval=2",
@@ -74,7 +74,7 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
     first = converged_study(tmp_path / "sitting1", keep, fashion_stand_in)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for half in ("half_a", "half_b"):
-        for preset in ("paper", "no_skip", "empirical", "els", "ls"):
+        for preset in ("paper", "empirical", "els", "ls"):
             kept = json.loads((keep / "grid" / half / preset / "run.json").read_text())
             assert kept["config"]["data"]["split"] == half and kept["config"]["variant"] == preset
     # The machines use the patch sizes calibrated against the paper UNet of half_a.
@@ -101,18 +101,20 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
     second = converged_study(tmp_path / "sitting2", keep, fashion_stand_in, tolerance="0")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "kept   paper (finished before)" in second.stdout and "done   paper (" not in second.stdout
-    trained = ["controls_1/paper", "controls_2/paper", "half_a/no_skip", "half_a/paper", "half_b/no_skip", "half_b/paper"]
+    trained = ["controls_1/paper", "controls_2/paper", "half_a/paper", "half_b/paper"]
     for mark in ("trained_longer", "trained_8x"):
         retrained = sorted(str(path.parent.relative_to(keep / "grid")) for path in (keep / "grid").rglob(mark))
         assert retrained == trained, mark
         sizes = sorted(str(path.parent.relative_to(keep / "dataset_size")) for path in (keep / "dataset_size").rglob(mark))
-        assert sizes == ["grid/half_a/paper", "grid/half_b/paper", "n_12/half_a/paper", "n_12/half_b/paper"], mark
+        assert sizes == ["n_12/half_a/paper", "n_12/half_b/paper"], mark  # the grid's own size: copies, below
     longer = json.loads((keep / "grid" / "half_a" / "paper" / "run.json").read_text())["config"]
     assert longer["trainer"]["max_steps"] == 64 and longer["trainer"]["val_check_interval"] == 16  # 8 -> 16 -> 64
     assert longer["data"]["split"] == "half_a" and longer["variant"] == "paper"
     control = json.loads((keep / "grid" / "controls_1" / "paper" / "run.json").read_text())["config"]
     assert (control["variant"], control["seed"], control["sample_seed"], control["trainer"]["max_steps"]) == (
         "paper_seed1", 1, 0, 64)
+    copy = keep / "dataset_size" / "grid" / "half_a" / "paper" / "run.json"
+    assert copy.read_text() == (keep / "grid" / "half_a" / "paper" / "run.json").read_text()
     small = json.loads((keep / "dataset_size" / "n_12" / "half_b" / "paper" / "run.json").read_text())["config"]
     assert (small["data"]["num_train"], small["data"]["split"], small["trainer"]["max_steps"]) == (12, "half_b", 64)
     third = converged_study(tmp_path / "sitting3", keep, fashion_stand_in, tolerance="0")
