@@ -143,7 +143,7 @@ retrain_still_improving() {  # PART FACTOR RUNS MARK [AFTER]: each kept run of P
     # improving, not yet marked MARK (and marked AFTER), retrained under $out/RUNS
     local part=$1 factor=$2 runs=$3 mark=$4 after=${5:-} running=0
     for kept in $("$python" -m lightning_diff.sweep unconverged "$keep/$part" --tolerance "$tolerance"); do
-        [ -f "$kept/$mark" ] && continue  # retrained before and still not converged: the report says so
+        [ -f "$kept/$mark" ] && continue  # retrained at this factor before: the next phase or the report takes it
         [[ $kept == "$keep/dataset_size/grid/"* ]] && continue  # a copy of the grid's run, retrained there
         [ -z "$after" ] || [ -f "$kept/$after" ] || continue
         longer "$kept" "$factor" "$out/$runs/${kept#"$keep/$part"/}" "$mark" &

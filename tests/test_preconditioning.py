@@ -1,6 +1,6 @@
-"""EDM preconditioning (lightning_diff/diffusion/edm.py, lightning_diff/denoisers/preconditioning.py) in this package's
-variance-preserving noise: the three coefficients do what their derivation says, and the
-per-level and conditioned wrappers compute D = c_skip y + c_out F(c_in y)."""
+"""EDM preconditioning (lightning_diff/diffusion/edm.py, lightning_diff/denoisers/preconditioning.py)
+in this package's variance-preserving noise: the three coefficients do what their derivation
+says, and the per-level and conditioned wrappers compute D = c_skip y + c_out F(c_in y)."""
 
 import pytest
 import torch
