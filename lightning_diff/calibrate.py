@@ -1,26 +1,33 @@
-"""``python -m lightning_diff.calibrate ref=RUN_DIR``: the local score machine that best predicts a
-trained network, one patch size per level (Kamb & Ganguli's calibration).
+"""``python -m lightning_diff.calibrate ref=RUN_DIR [machine=local_score|pca_locality]``: the analytic
+machine's knob that best predicts a trained network (Kamb & Ganguli's calibration).
 
-The reference's sampler is run from ``num_samples`` seeds and every denoiser call recorded
+The reference's sampler is run from ``num_samples`` calibration seeds (their own stream,
+:func:`lightning_diff.seeding.calibration_seeds`, disjoint from every evaluation seed: a knob is
+never scored on the trajectories that chose it) and every denoiser call recorded
 (:func:`lightning_diff.compare.denoiser_calls`); at each grid level the machine with each
-candidate patch size denoises the same states, and the size with the highest median r^2
-against the reference's outputs there wins. Written to ``out`` (default ``<ref>/calibration``):
-``calibration.json`` (levels, candidates, the r^2 table, the chosen sizes, the overrides),
-``calibration.png`` (r^2 against patch size per level) and ``overrides.txt`` (the command-line
-overrides that train the calibrated machine on the reference's data).
+candidate knob denoises the same states, and the median r^2 against the reference's outputs
+there ranks the candidates. ``local_score`` chooses one patch size per level; ``pca_locality`` one
+threshold for all levels (its knob is global: the highest mean over levels). Written to ``out``
+(default ``<ref>/calibration``): ``calibration.json`` (levels, candidates, the r^2 table, the
+choice, the seeds and their recipe, the overrides), ``calibration.png`` (r^2 against the knob per
+level) and ``overrides.txt`` (the command-line overrides that train the calibrated machine on the
+reference's data; they record the calibration seeds' recipe as ``calibrated_on``, so the report
+can tell held-out scores from in-sample ones).
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from lightning_diff.compare import denoiser_calls, first_calls, median_r2
 from lightning_diff.compose import build
-from lightning_diff.denoisers import local_score
+from lightning_diff.denoisers import local_score, pca_locality
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.figures.plots import calibration_figure
@@ -29,12 +36,54 @@ from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_er
 from lightning_diff.run.rundir import checkpoint_path
 from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.sample import load_denoiser
-from lightning_diff.seeding import sample_seeds
+from lightning_diff.seeding import calibration_seeds
+
+# pca_locality's thresholds tried when candidates=null: 0 (real-valued weights) up to a tenth of the largest gain.
+THRESHOLDS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
-def candidate_sizes(cfg: DictConfig, shape: tuple[int, int, int]) -> list[int]:
-    """The configured candidates, checked, or every odd size the machine allows."""
-    largest = local_score.largest_patch(shape, bool(cfg.equivariant), str(cfg.padding))
+@dataclass(frozen=True)
+class Knob:
+    """What calibration searches for one machine: the candidates, how each builds the machine, and
+    whether the choice is made per level (patch sizes) or once for every level (a threshold)."""
+
+    name: str  # the denoiser's config key
+    label: str  # one value of it, in W&B keys and the figure
+    candidates: list[Any]
+    per_level: bool
+    fixed: dict[str, Any]
+
+    def machine(self, shape: tuple[int, int, int], grid: NoiseGrid, value: Any) -> torch.nn.Module:
+        if self.name == "patch_sizes":
+            return local_score.build(shape, grid, patch_sizes=value, **self.fixed)
+        return pca_locality.build(shape, grid, threshold=value, **self.fixed)
+
+    def choose(self, table: list[list[float]]) -> list[Any]:
+        """The chosen value per level (highest noise first)."""
+        if self.per_level:
+            return [self.candidates[int(np.argmax(row))] for row in table]
+        best = self.candidates[int(np.argmax(np.mean(table, axis=0)))]
+        return [best] * len(table)
+
+    def overrides(self, chosen: list[Any]) -> list[str]:
+        fixed = [f"denoiser.{key}={str(value).lower() if isinstance(value, bool) else value}"
+                 for key, value in self.fixed.items()]
+        value = f"[{','.join(map(str, chosen))}]" if self.per_level else str(chosen[0])
+        return [*fixed, f"denoiser.{self.name}={value}"]
+
+
+def knob(cfg: DictConfig, shape: tuple[int, int, int]) -> Knob:
+    """The machine's knob and its checked candidates (the configured ones, or every sensible value)."""
+    if cfg.machine == "pca_locality":
+        values = list(THRESHOLDS) if cfg.candidates is None else list(cfg.candidates)
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1]
+        if bad or not values:
+            raise UserError(f"candidates={values}: give pca_locality thresholds in [0, 1), e.g. candidates=[0,0.002,0.02]")
+        return Knob("threshold", "threshold", [float(v) for v in values], False, {"temperature": float(cfg.temperature)})
+    if cfg.machine != "local_score":
+        raise UserError(f"machine={cfg.machine!r} cannot be calibrated; use local_score or pca_locality")
+    fixed = {"equivariant": bool(cfg.equivariant), "padding": str(cfg.padding)}
+    largest = local_score.largest_patch(shape, fixed["equivariant"], fixed["padding"])
     sizes = list(range(1, largest + 1, 2)) if cfg.candidates is None else list(cfg.candidates)
     bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1 or s % 2 == 0 or s > largest]
     if bad or not sizes:
@@ -42,23 +91,34 @@ def candidate_sizes(cfg: DictConfig, shape: tuple[int, int, int]) -> list[int]:
             f"candidates={sizes}: give odd patch sizes from 1 to {largest} (the largest this machine allows on "
             f"{shape[1]}x{shape[2]} images), e.g. candidates=[3,5,7]"
         )
-    return sizes
+    return Knob("patch_sizes", "patch_size", sizes, True, fixed)
+
+
+def held_out(seeds: list[int], ref: Path) -> None:
+    """Refuse calibration seeds that the reference's own samples (its evaluation seeds) use."""
+    samples = ref / "samples.npz"
+    if not samples.is_file():
+        return
+    with np.load(samples) as stored:
+        shared = set(seeds) & {int(seed) for seed in stored["seeds"]}
+    if shared:
+        raise UserError(
+            f"{len(shared)} calibration seeds are among the evaluation seeds of {samples}; the knob would be scored on "
+            "the trajectories that chose it: calibrate with another seed="
+        )
 
 
 @torch.no_grad()
-def r2_table(cfg: DictConfig, reference: Any, info: dict[str, Any], sizes: list[int]) -> list[list[float]]:
-    """Median single-step r^2 per grid level (highest noise first) and candidate size."""
+def r2_table(cfg: DictConfig, reference: Any, info: dict[str, Any], choice: Knob, seeds: list[int]) -> list[list[float]]:
+    """Median single-step r^2 per grid level (highest noise first) and candidate."""
     shape = tuple(info["data_shape"])
     grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
-    seeds = sample_seeds(int(cfg.seed), int(cfg.num_samples))
     calls = first_calls(denoiser_calls(reference, info, str(info["config"]["sampler"]["name"]), seeds, str(cfg.device)))
     datamodule = build(info["config"]["data"], "data")
     datamodule.setup("fit")
-    table = [[0.0] * len(sizes) for _ in calls]
-    for column, size in enumerate(sizes):
-        machine = local_score.build(
-            shape, grid, equivariant=bool(cfg.equivariant), padding=str(cfg.padding), patch_sizes=size
-        ).to(cfg.device)
+    table = [[0.0] * len(choice.candidates) for _ in calls]
+    for column, value in enumerate(choice.candidates):
+        machine = choice.machine(shape, grid, value).to(cfg.device)
         machine.fit_data(datamodule.train_data.to(cfg.device))
         for row, (t, y, out) in enumerate(calls):
             levels = torch.full((y.shape[0],), t, device=cfg.device)
@@ -73,28 +133,34 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"ref={cfg.ref}: no run directory with checkpoints/last.ckpt; point it at a finished run")
     reference, info = load_denoiser(checkpoint_path(ref), str(cfg.weights))
     if len(info["data_shape"]) != 3:
-        raise UserError(f"ref={cfg.ref} was trained on data of shape {info['data_shape']}; local score machines need images")
-    sizes = candidate_sizes(cfg, tuple(info["data_shape"]))
-    table = r2_table(cfg, reference.to(cfg.device), info, sizes)
-    chosen = [sizes[max(range(len(sizes)), key=row.__getitem__)] for row in table]
+        raise UserError(f"ref={cfg.ref} was trained on data of shape {info['data_shape']}; local machines need images")
+    choice = knob(cfg, tuple(info["data_shape"]))
+    seeds = calibration_seeds(int(cfg.seed), int(cfg.num_samples))
+    held_out(seeds, ref)
+    table = r2_table(cfg, reference.to(cfg.device), info, choice, seeds)
+    chosen = choice.choose(table)
     levels = sorted(info["grid"], reverse=True)
+    recipe = {"seed": int(cfg.seed), "num_samples": int(cfg.num_samples)}
     overrides = [
-        "denoiser=local_score",
-        f"denoiser.equivariant={str(bool(cfg.equivariant)).lower()}",
-        f"denoiser.padding={cfg.padding}",
-        f"denoiser.patch_sizes=[{','.join(map(str, chosen))}]",
+        f"denoiser={cfg.machine}",
+        *choice.overrides(chosen),
+        f"calibrated_on={{seed:{recipe['seed']},num_samples:{recipe['num_samples']}}}",
     ]
-    result = {"ref": str(ref), "levels": levels, "candidates": sizes, "r2": table, "patch_sizes": chosen, "overrides": overrides}
+    result = {
+        "ref": str(ref), "machine": str(cfg.machine), "knob": choice.name, "levels": levels,
+        "candidates": choice.candidates, "r2": table, choice.name: chosen if choice.per_level else chosen[0],
+        "calibrated_on": recipe, "seeds": seeds, "overrides": overrides,
+    }
     out = Path(str(cfg.out)).expanduser() if cfg.out else ref / "calibration"
-    figure = calibration_figure(out / "calibration.png", levels, sizes, table)
+    figure = calibration_figure(out / "calibration.png", levels, choice.candidates, table, choice.label)
     atomic_write_text(out / "calibration.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "overrides.txt", " ".join(overrides) + "\n")
     if cfg.wandb:
         best = {f"calibrate/r2_best_level_{k}": max(row) for k, row in enumerate(table)}
-        sizes_chosen = {f"calibrate/patch_size_level_{k}": float(size) for k, size in enumerate(chosen)}
-        log_to_wandb(str(cfg.wandb_project), out, {**best, **sizes_chosen}, {"calibrate/r2_per_patch_size": figure},
-                     job_type="calibrate", name=f"calibrate {ref.name}")
-    print(json.dumps({"patch_sizes": chosen, "overrides": " ".join(overrides), "out": str(out)}, indent=2))
+        per_level = {f"calibrate/{choice.label}_level_{k}": float(value) for k, value in enumerate(chosen)}
+        log_to_wandb(str(cfg.wandb_project), out, {**best, **per_level}, {f"calibrate/r2_per_{choice.label}": figure},
+                     job_type="calibrate", name=f"calibrate {cfg.machine} {ref.name}")
+    print(json.dumps({choice.name: result[choice.name], "overrides": " ".join(overrides), "out": str(out)}, indent=2))
     return result
 
 

@@ -31,3 +31,14 @@ def generator(*parts: int, device: torch.device | str = "cpu") -> torch.Generato
 def sample_seeds(seed: int, count: int, first: int = 0) -> list[int]:
     """Per-sample seeds: sample i of a run with ``seed`` always gets the same noise."""
     return [derive_seed(seed, i) for i in range(first, first + count)]
+
+
+# Calibration (any search over a machine's knobs) draws from its own stream: three-part seeds
+# derive_seed(CALIBRATION_STREAM, seed, i) where evaluation uses two-part derive_seed(seed, i), so
+# a knob is never chosen on the trajectories that later score it (calibrate also checks).
+CALIBRATION_STREAM = 0xCA1B
+
+
+def calibration_seeds(seed: int, count: int) -> list[int]:
+    """The per-trajectory seeds of a calibration with ``seed``: disjoint from every sample_seeds stream."""
+    return [derive_seed(CALIBRATION_STREAM, seed, i) for i in range(count)]

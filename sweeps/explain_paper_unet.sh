@@ -23,9 +23,8 @@ train() {  # train NAME OVERRIDES...: one run into $out/NAME unless it finished 
     "$python" -m lightning_diff.train "${common[@]}" hydra.run.dir="$out/$name" "$@"
 }
 
-patch_sizes() {  # patch_sizes NAME: the calibrated sizes as a list override value
-    "$python" -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['patch_sizes'])))" \
-        "$out/calibration_$1/calibration.json"
+calibrated() {  # calibrated MACHINE: its calibrated knob and the calibration seeds' record, one override a line
+    tr ' ' '\n' < "$out/calibration_$1/overrides.txt" | grep -E '^(denoiser\.(patch_sizes|threshold)|calibrated_on)='
 }
 
 train paper "${unet[@]}"
@@ -43,7 +42,8 @@ for machine in els:true ls:false; do
         "$python" -m lightning_diff.calibrate ref="$out/paper" equivariant="$equivariant" padding=zeros \
             candidates=[1,3,5,7,9,11,13,15,19,23,31] num_samples=64 out="$out/calibration_$name"
     fi
-    train "$name" experiment=paper/unet/"$name" "denoiser.patch_sizes=[$(patch_sizes "$name")]"
+    mapfile -t overrides < <(calibrated "$name")
+    train "$name" experiment=paper/unet/"$name" "${overrides[@]}"
 done
 for family in pca_locality linear empirical nearest; do
     train "$family" experiment=paper/unet/"$family"

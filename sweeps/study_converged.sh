@@ -63,9 +63,8 @@ run_halves() {  # run_halves PRESETS [OVERRIDE ...]: the presets on both halves,
     wait
 }
 
-patch_sizes() {  # patch_sizes MACHINE: the calibrated sizes, as a list override value
-    "$python" -c "import json, sys; print(','.join(map(str, json.load(open(sys.argv[1]))['patch_sizes'])))" \
-        "$keep/calibration_$1/calibration.json"
+calibrated() {  # calibrated MACHINE: its calibrated knob and the calibration seeds' record, one override a line
+    tr ' ' '\n' < "$keep/calibration_$1/overrides.txt" | grep -E '^(denoiser\.(patch_sizes|threshold)|calibrated_on)='
 }
 
 echo "== the paper UNet on both halves"
@@ -93,8 +92,10 @@ done
 echo "== every other preset on both halves"
 run_halves "$rest"
 echo "== the machines with their calibrated patch sizes"
-run_halves els "denoiser.patch_sizes=[$(patch_sizes els)]"
-run_halves ls "denoiser.patch_sizes=[$(patch_sizes ls)]"
+for name in $machines; do
+    mapfile -t overrides < <(calibrated "$name")
+    run_halves "$name" "${overrides[@]}"
+done
 
 echo "== the seed-to-seed control: the paper UNet with training seeds 1 and 2 on half_a's images, sampled from seed 0's noise"
 for seed in 1 2; do

@@ -94,12 +94,14 @@ def per_level_figure(path: Path, levels: list[float], series: dict[str, list[flo
     return _save(fig, path)
 
 
-def calibration_figure(path: Path, levels: list[float], sizes: list[int], table: list[list[float]]) -> Path:
-    """Median single-step r^2 against patch size, one line per level."""
+def calibration_figure(
+    path: Path, levels: list[float], candidates: list[float], table: list[list[float]], knob: str = "patch size"
+) -> Path:
+    """Median single-step r^2 against the calibrated knob (a patch size, a threshold), one line per level."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for t, row in zip(levels, table):
-        ax.plot(sizes, row, marker="o", label=f"t={t:.3g}")
-    ax.set_xlabel("patch size")
+        ax.plot(candidates, row, marker="o", label=f"t={t:.3g}")
+    ax.set_xlabel(knob.replace("_", " "))
     ax.set_ylabel("median single-step r^2")
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
