@@ -17,9 +17,14 @@ r^2 against each machine and each baseline (closed-form linear, empirical, neare
 of the best baseline's error each machine removes, and the best explanation; per level in
 report.md's second table and, with Pearson r, in ``explanations.json``.
 
-With ``controls=[...]`` (the reference variant trained with other seeds) the table ends with the
-seed-to-seed floor (:mod:`lightning_diff.metrics.same_noise`) and marks every run whose same-noise
-r^2 with the reference falls below it; ``report_floor.png`` draws it. A trained variant run at
+Every run's same-noise agreement and r^2 with the reference are read across training seeds (its
+seed against reference runs of other seeds: the pairs are named in the table), each with its 95%
+bootstrap interval over samples, like the halves' agreement, the explanations and the memorized
+fraction (exact interval). With ``controls=[...]`` (the reference variant trained with other
+seeds) the table ends with the seed-to-seed floor (:mod:`lightning_diff.metrics.same_noise`; every
+seed pair in ``seed_floor.json``) and a paired test marks every run whose r^2 falls below it;
+``report_floor.png`` draws it. Each row gets a verdict computed from those intervals
+(:mod:`lightning_diff.metrics.verdicts`), counted on stdout and in ``verdicts.json``. A trained variant run at
 several ``data.num_train`` gets the dataset-size table and ``report_n.png``
 (:mod:`lightning_diff.metrics.dataset_size`). ``show_split=half_a`` keeps one data half in the
 table and figure.
@@ -44,149 +49,18 @@ from lightning_diff.figures.grids import study_grid
 from lightning_diff.figures.plots import dataset_size_figure, floor_figure
 from lightning_diff.metrics.dataset_size import dataset_size_rows
 from lightning_diff.metrics.explanation import Generated, explanations
+from lightning_diff.metrics.intervals import Interval
 from lightning_diff.metrics.nearest import nearest_two
-from lightning_diff.metrics.same_noise import agreements, beyond_floor, reference_agreements, seed_floor
+from lightning_diff.metrics.same_noise import Floor, agreements, seed_floor
+from lightning_diff.metrics.study_table import HEADINGS, rows
+from lightning_diff.metrics.verdicts import verdicts
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
-from lightning_diff.run.study import (
-    CONVERGENCE_TOLERANCE,
-    Run,
-    convergence,
-    load_samples,
-    runs_in_directory,
-    runs_in_wandb_group,
-)
+from lightning_diff.run.study import Run, load_samples, runs_in_directory, runs_in_wandb_group
 from lightning_diff.sample import load_denoiser
 
-FIXED_COLUMNS = (
-    "variant",
-    "split",
-    "num_parameters",
-    "val_loss",
-    "val_loss_per_level",
-    "val_fall_last_quarter",
-    "converged",
-    "val_rise_last_quarter",
-    "overfitting",
-    "memorized_fraction",
-    "d1_median",
-)
-TRAILING_COLUMNS = ("agreement", "vs_reference", "r2_vs_reference", "beyond_floor", "wall_time_s", "run")
-HEADINGS = {
-    "variant": "variant",
-    "split": "data",
-    "num_parameters": "parameters",
-    "val_loss": "val loss",
-    "val_loss_per_level": "val loss per level (low t first)",
-    "val_fall_last_quarter": "largest fall of a level's val loss over the last quarter",
-    "val_rise_last_quarter": "largest rise of a level's val loss over the last quarter",
-    "converged": "converged (no level still falls by the tolerance)",
-    "overfitting": "overfitting (a level rose by the tolerance)",
-    "memorized_fraction": "memorized",
-    "d1_median": "median d1",
-    "agreement": "agreement",
-    "vs_reference": "same-noise agreement with the reference",
-    "r2_vs_reference": "same-noise r2 with the reference",
-    "beyond_floor": "differs beyond the seed floor",
-    "wall_time_s": "wall time (s)",
-    "run": "run",
-}
 LABEL_CHARACTERS = 28  # a row label's line length in the figure's label strip
-
-
-def fid_columns(runs: list[Run]) -> list[str]:
-    """The FID keys any run measured (``fid@64``, ``fd_<model>@1k``, ...), sorted."""
-    return sorted({key for run in runs for key in run.measure if key.startswith(("fid@", "fd_"))})
-
-
-def explanation_columns(explained: dict[int, dict[str, Any]]) -> list[str]:
-    """``r2 vs <explainer>`` for every explainer, ``removes <machine>`` for every machine, the best."""
-    if not explained:
-        return []
-    explainers = sorted({name for result in explained.values() for name in result["r2_median"]})
-    machines = sorted({name for result in explained.values() for name in result.get("removes", {})})
-    return [*(f"r2 vs {name}" for name in explainers), *(f"removes {name}" for name in machines), "best explanation"]
-
-
-def explanation_cells(result: dict[str, Any] | None, columns: list[str]) -> dict[str, Any]:
-    cells: dict[str, Any] = dict.fromkeys(columns)
-    if result is None:
-        return cells
-    for name, value in result["r2_median"].items():
-        cells[f"r2 vs {name}"] = value
-    for name, value in result.get("removes", {}).items():
-        cells[f"removes {name}"] = value
-    cells["best explanation"] = result["best_explanation"]
-    return cells
-
-
-def floor_row(columns: list[str], floor: dict[str, Any]) -> dict[str, Any]:
-    """The table's row for the seed-to-seed floor: mean +- sd (min-max) over the seed pairs."""
-
-    def cell(values: dict[str, float]) -> str:
-        return f"{values['mean']:.4g} ± {values['sd']:.2g} [{values['min']:.4g}, {values['max']:.4g}]"
-
-    row: dict[str, Any] = dict.fromkeys(columns)
-    row.update(
-        variant=f"seed-to-seed floor ({floor['reference']} x {len(floor['runs'])} seeds)",
-        split=floor["split"],
-        vs_reference=cell(floor["agreement"]),
-        r2_vs_reference=cell(floor["r2"]),
-    )
-    return row
-
-
-def rows(
-    runs: list[Run],
-    reference: str | None = None,
-    explained: dict[int, dict[str, Any]] | None = None,
-    tolerance: float = CONVERGENCE_TOLERANCE,
-    floor: dict[str, Any] | None = None,
-    agreement: dict[int, float] | None = None,
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """The table's columns and one row of raw values per run (None where a value is missing), and
-    with a seed ``floor`` a last row holding it. ``agreement``: the halves' agreements when the
-    caller has them already (:func:`~lightning_diff.metrics.same_noise.agreements`)."""
-    explained = explained or {}
-    explaining = explanation_columns(explained)
-    fids = fid_columns(runs)
-    agreement = agreements(runs) if agreement is None else agreement
-    vs_reference = reference_agreements(runs, reference)
-    table = []
-    for run in runs:
-        last_quarter = convergence(run, tolerance)
-        row = {
-            "variant": run.name,
-            "split": run.split,
-            "num_parameters": run.num_parameters,
-            "val_loss": run.val_loss,
-            "val_loss_per_level": run.val_losses or None,
-            "val_fall_last_quarter": last_quarter.fall,
-            "converged": last_quarter.converged,
-            "val_rise_last_quarter": last_quarter.rise,
-            "overfitting": last_quarter.overfitting,
-            "memorized_fraction": run.measure.get("memorized_fraction"),
-            "d1_median": run.measure.get("d1_median"),
-        }
-        row.update({key: run.measure.get(key) for key in fids})
-        row.update(explanation_cells(explained.get(id(run)), explaining))
-        same_noise_agreement, same_noise_r2 = vs_reference.get(id(run), (None, None))
-        row.update(
-            {
-                "agreement": agreement.get(id(run)),
-                "vs_reference": same_noise_agreement,
-                "r2_vs_reference": same_noise_r2,
-                "beyond_floor": beyond_floor(run, same_noise_r2, floor),
-                "wall_time_s": run.wall_time_s,
-                "run": run.location,
-            }
-        )
-        table.append(row)
-    columns = [*FIXED_COLUMNS, *fids, *explaining, *TRAILING_COLUMNS]
-    if floor is not None:
-        table.append(floor_row(columns, floor))
-    return columns, table
 
 
 def _markdown_cell(column: str, value: Any) -> str:
@@ -205,6 +79,17 @@ def _markdown_cell(column: str, value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def as_json(value: Any) -> str:
+    """``value`` as indented JSON, intervals as {value, low, high}."""
+
+    def interval(item: Any) -> dict[str, float]:
+        if not isinstance(item, Interval):
+            raise TypeError(f"{type(item).__name__} is not JSON serializable")
+        return item.as_dict()
+
+    return json.dumps(value, indent=2, default=interval) + "\n"
+
+
 def write_markdown(path: Path, columns: list[str], table: list[dict[str, Any]]) -> str:
     """The table as Markdown (4 significant digits); returns the text."""
     lines = [
@@ -217,21 +102,40 @@ def write_markdown(path: Path, columns: list[str], table: list[dict[str, Any]]) 
     return text
 
 
+def csv_columns(columns: list[str], table: list[dict[str, Any]]) -> list[str]:
+    """The CSV's columns: a column holding intervals becomes three (``<column>``, ``_low``, ``_high``)."""
+    expanded = []
+    for column in columns:
+        expanded.append(column)
+        if any(isinstance(row.get(column), Interval) for row in table):
+            expanded += [f"{column}_low", f"{column}_high"]
+    return expanded
+
+
+def csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(repr(item) for item in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def write_csv(path: Path, columns: list[str], table: list[dict[str, Any]]) -> None:
-    """The table as CSV with full-precision values; the per-level losses space-separated in one cell."""
+    """The table as CSV with full-precision values; intervals in three columns, the per-level losses
+    space-separated in one cell."""
+    header = csv_columns(columns, table)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
+        writer.writerow(header)
         for row in table:
             cells = []
-            for column in columns:
-                value = row[column]
-                if value is None:
-                    cells.append("")
-                elif column == "val_loss_per_level":
-                    cells.append(" ".join(repr(level) for level in value))
-                else:
-                    cells.append(repr(value) if isinstance(value, float) else str(value))
+            for column in header:
+                base, _, end = column.rpartition("_")
+                if column not in row and end in ("low", "high") and isinstance(row.get(base), Interval):
+                    cells.append(csv_cell(getattr(row[base], end)))
+                    continue
+                value = row.get(column)
+                cells.append(csv_cell(value.value if isinstance(value, Interval) else value))
             writer.writerow(cells)
 
 
@@ -291,7 +195,7 @@ def figure(path: Path, runs: list[Run], columns: int) -> Path | None:
 def write_dataset_size(out: Path, table: list[dict[str, Any]], picture: bool) -> str:
     """The dataset-size table (appended to report.md), ``dataset_size.json`` and with ``picture``
     ``report_n.png``; returns the table."""
-    atomic_write_text(out / "dataset_size.json", json.dumps(table, indent=2) + "\n")
+    atomic_write_text(out / "dataset_size.json", as_json(table))
     columns = ["variant", "N", "memorized", "two-model agreement", "r2 vs empirical", "runs"]
     lines = [
         "",
@@ -308,24 +212,27 @@ def write_dataset_size(out: Path, table: list[dict[str, Any]], picture: bool) ->
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for row in table:
         for measure in ("memorized", "two-model agreement", "r2 vs empirical"):
-            if row[measure] is not None:
-                series.setdefault(row["variant"], {}).setdefault(measure, []).append((row["N"], row[measure]))
+            value = row[measure]
+            if value is not None:
+                point = value.value if isinstance(value, Interval) else value
+                series.setdefault(row["variant"], {}).setdefault(measure, []).append((row["N"], point))
     if picture:
         dataset_size_figure(out / "report_n.png", series, "memorization to generalization: the same networks at several N")
     return text
 
 
-def write_floor_figure(out: Path, table: list[dict[str, Any]], floor: dict[str, Any]) -> Path:
+def write_floor_figure(out: Path, table: list[dict[str, Any]], floor: Floor) -> Path:
     """``report_floor.png``: every run's same-noise agreement and r^2 with the reference on the
     floor's data half, against the seed-to-seed band."""
-    shown = [row for row in table if row["split"] == floor["split"] and isinstance(row["r2_vs_reference"], float)]
-    labels = [row["variant"] for row in shown]
+    shown = [row for row in table if row["split"] == floor.split and isinstance(row["r2_vs_reference"], Interval)
+             and not row["variant"].startswith("seed-to-seed floor")]
+    labels = [row["variant"] if row["seed"] is None else f"{row['variant']} (seed {row['seed']})" for row in shown]
     values = {
-        "r2": [row["r2_vs_reference"] for row in shown],
-        "agreement": [row["vs_reference"] for row in shown],
+        "r2": [row["r2_vs_reference"].value for row in shown],
+        "agreement": [row["vs_reference"].value for row in shown],
     }
-    title = f"same noise, {floor['reference']} as the reference ({floor['split']}); band: {len(floor['runs'])} seeds of it"
-    return floor_figure(out / "report_floor.png", labels, values, floor, title)
+    title = f"same noise, {floor.reference} as the reference ({floor.split}); band: {len(floor.runs)} seeds of it"
+    return floor_figure(out / "report_floor.png", labels, values, floor.as_json(), title)
 
 
 def with_machines(runs: list[Run], machines: list[str]) -> tuple[list[Run], set[str]]:
@@ -366,7 +273,7 @@ def generated(run: Run, device: str) -> Generated | None:
 def write_explanations(out: Path, runs: list[Run], explained: dict[int, dict[str, Any]]) -> str:
     """``explanations.json`` and the per-level Markdown table (appended to report.md); returns the table."""
     by_name = {f"{run.name} ({run.split})": explained[id(run)] for run in runs if id(run) in explained}
-    atomic_write_text(out / "explanations.json", json.dumps(by_name, indent=2) + "\n")
+    atomic_write_text(out / "explanations.json", as_json(by_name))
     if not any(result.get("removes_per_level") for result in by_name.values()):
         return ""  # no machine and baseline with checkpoints on this machine: no trajectories
     lines = [
@@ -387,6 +294,18 @@ def write_explanations(out: Path, runs: list[Run], explained: dict[int, dict[str
     return text
 
 
+def warn_unconverged(table: list[dict[str, Any]]) -> None:
+    """One line on stderr for each trained run still improving or overfitting."""
+    for row in table:
+        where = f"{row['variant']} ({row['split']})"
+        if row["converged"] == "no":
+            print(f"not converged: {where}, a level's validation loss still fell "
+                  f"{row['val_fall_last_quarter']:.1%} over the last quarter: train it longer", file=sys.stderr)
+        if row["overfitting"] == "yes":
+            print(f"overfitting: {where}, a level's validation loss rose {row['val_rise_last_quarter']:.1%} "
+                  "over the last quarter: more steps make it worse", file=sys.stderr)
+
+
 def report(cfg: DictConfig) -> dict[str, Any]:
     """Write report.md, report.csv and report.png for the runs ``cfg`` names; returns their paths and rows."""
     if (cfg.get("sweep") is None) == (cfg.get("wandb_group") is None):
@@ -403,17 +322,13 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     runs, named = with_machines(runs, list(cfg.get("machines") or []))
     explained = explanations(runs, named, lambda run: generated(run, str(cfg.device)))
-    floor = seed_floor(runs, cfg.get("reference"), [str(name) for name in cfg.get("controls") or []])
+    controls = [str(name) for name in cfg.get("controls") or []]
+    floor = seed_floor(runs, cfg.get("reference"), controls)
     agreement = agreements(runs)  # read by the table and the dataset-size table: loaded once
-    columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor, agreement)
-    for row in table:
-        where = f"{row['variant']} ({row['split']})"
-        if row["converged"] == "no":
-            print(f"not converged: {where}, a level's validation loss still fell "
-                  f"{row['val_fall_last_quarter']:.1%} over the last quarter: train it longer", file=sys.stderr)
-        if row["overfitting"] == "yes":
-            print(f"overfitting: {where}, a level's validation loss rose {row['val_rise_last_quarter']:.1%} "
-                  "over the last quarter: more steps make it worse", file=sys.stderr)
+    columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor, agreement,
+                          controls)
+    judged = verdicts([row for row in table if not row["variant"].startswith("seed-to-seed floor")], cfg.get("reference"))
+    warn_unconverged(table)
     shown = runs
     if cfg.get("show_split") is not None:
         if cfg.show_split not in {run.split for run in runs}:
@@ -430,18 +345,21 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     if sizes:
         markdown += write_dataset_size(out, sizes, bool(cfg.figure))
     write_csv(out / "report.csv", columns, table)
+    atomic_write_text(out / "verdicts.json", as_json(judged))
     if floor is not None:
-        atomic_write_text(out / "seed_floor.json", json.dumps(floor, indent=2) + "\n")
+        atomic_write_text(out / "seed_floor.json", as_json(floor.as_json()))
         if cfg.figure:
             print(f"figure: {write_floor_figure(out, table, floor)}")
     picture = figure(out / "report.png", shown, int(cfg.columns)) if cfg.figure else None
     print(markdown)
-    print(f"table:  {out / 'report.md'}\n        {out / 'report.csv'}")
+    print("verdicts: " + ", ".join(f"{name} {count}" for name, count in judged["counts"].items()))
+    print(f"table:  {out / 'report.md'}\n        {out / 'report.csv'}\n        {out / 'verdicts.json'}")
     if picture is not None:
         print(f"figure: {picture}")
     elif cfg.figure:
         print("figure: none (no run has image samples on this machine)")
-    return {"markdown": out / "report.md", "csv": out / "report.csv", "figure": picture, "rows": table}
+    return {"markdown": out / "report.md", "csv": out / "report.csv", "figure": picture, "rows": table,
+            "verdicts": judged}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")

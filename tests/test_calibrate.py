@@ -4,7 +4,6 @@ issue #22: its trajectories are held out from every evaluation seed, and pca_loc
 import json
 
 import numpy as np
-
 import pytest
 from hydra import compose, initialize_config_dir
 from test_measure_callback import history_rows

@@ -17,11 +17,13 @@ from conftest import run_module, train_config
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import LABEL_WIDTH, PADDING, PAIR_PADDING, display_side
 from lightning_diff.metrics.agreement import TwoModelAgreement
-from lightning_diff.metrics.explanation import Generated, explain_one
+from lightning_diff.metrics.explanation import Generated, explain_one, explanations
+from lightning_diff.metrics.intervals import bootstrap, nan_mean, paired_difference
 from lightning_diff.metrics.r2 import per_sample_r2, per_sample_sse
 from lightning_diff.report import report
 from lightning_diff.run.cli import CONF_DIR
-from lightning_diff.run.study import halves, runs_in_directory, runs_in_wandb_group
+from lightning_diff.run.study import Run, halves, runs_in_directory, runs_in_wandb_group
+from lightning_diff.seeding import calibration_seeds, sample_seeds
 from lightning_diff.train import train
 
 TINY = [
@@ -97,7 +99,7 @@ def test_the_table_holds_each_runs_numbers_and_the_figure_pairs_samples_with_nei
         assert int(md["parameters"].replace(",", "")) == summary["num_parameters"]
         assert close(md["val loss"], metrics["val/loss"], 4)
         assert all(close(text, level, 3) for text, level in zip(md["val loss per level (low t first)"].split(), levels))
-        assert close(md["memorized"], measure["memorized_fraction"], 4)
+        assert close(md["memorized [95% exact]"].split()[0], measure["memorized_fraction"], 4)
         assert close(md["median d1"], measure["d1_median"], 4)
         assert round(float(md["wall time (s)"])) == round(summary["wall_time_s"])
 
@@ -107,17 +109,24 @@ def test_the_table_holds_each_runs_numbers_and_the_figure_pairs_samples_with_nei
     metric.update(torch.from_numpy(halves[0]), torch.from_numpy(halves[1]))
     expected = float(metric.compute()["agreement_cosine_mean"])
     assert [row["agreement"] for row in table[:3]] == ["", "", ""]
-    assert float(table[3]["agreement"]) == float(table[4]["agreement"]) == expected
-    assert close(markdown[3]["agreement"], expected, 4) and markdown[0]["agreement"] == "-"
+    assert float(table[3]["agreement"]) == pytest.approx(expected, rel=1e-12)
+    assert float(table[4]["agreement"]) == float(table[3]["agreement"])
+    assert float(table[3]["agreement_low"]) < expected < float(table[3]["agreement_high"])  # its 95% interval
+    cell = markdown[3]["two-model agreement [95%]"]
+    assert close(cell.split()[0], expected, 4) and cell.split()[1].startswith("[")
+    assert markdown[0]["two-model agreement [95%]"] == "-"
 
-    # Same-noise agreement with the reference (paper) on the same half: 1 for paper itself, the
-    # metric on the two runs' samples for no_skip, none where no paper run used that half.
+    # Same-noise agreement with the reference (paper) on the same half: the metric on the two runs'
+    # samples for no_skip, marked as a same-seed comparison (no paper run of another seed here);
+    # none for paper itself (no other reference run) and where no paper run used that half.
     samples = [torch.from_numpy(np.load(sweep / str(job) / "samples.npz")["samples"]) for job in (0, 1)]
     metric = TwoModelAgreement()
     metric.update(samples[1], samples[0])
-    assert math.isclose(float(table[0]["vs_reference"]), 1.0, rel_tol=1e-9)
-    assert float(table[1]["vs_reference"]) == float(metric.compute()["agreement_cosine_mean"])
+    assert table[0]["vs_reference"] == ""
+    assert float(table[1]["vs_reference"]) == pytest.approx(float(metric.compute()["agreement_cosine_mean"]), rel=1e-12)
+    assert table[1]["reference_pairs"] == "same training seed only: no_skip (seed 0) vs paper (seed 0)"
     assert table[3]["vs_reference"] == table[4]["vs_reference"] == ""
+    assert table[1]["verdict"] == "undetermined"  # no verdict from a same-seed comparison
 
     # Rows = runs, columns = the first seeds (the same in every run); 16x16 images drawn at 64x64.
     side = display_side(16)
@@ -213,14 +222,19 @@ def test_trained_runs_are_explained_by_a_machine_against_the_baselines(sweep, tm
     for job, variant in ((0, "paper"), (1, "no_skip")):
         trained = samples(sweep / str(job))
         row = table[(variant, "full")]
-        assert row["r2 vs ls3"] == pytest.approx(float(per_sample_r2(trained, machine).quantile(0.5)), abs=1e-12)
-        assert row["r2 vs empirical"] == pytest.approx(float(per_sample_r2(trained, baseline).quantile(0.5)), abs=1e-12)
+        r2_machine, r2_baseline = per_sample_r2(trained, machine), per_sample_r2(trained, baseline)
+        assert row["r2 vs ls3"].value == pytest.approx(float(r2_machine.quantile(0.5)), abs=1e-12)
+        assert row["r2 vs ls3"] == bootstrap(r2_machine)  # the same seeded interval over samples
+        assert row["r2 vs empirical"].value == pytest.approx(float(r2_baseline.quantile(0.5)), abs=1e-12)
         share = 1 - per_sample_sse(trained, machine) / per_sample_sse(trained, baseline)
-        assert row["removes ls3"] == pytest.approx(float(share.quantile(0.5)), abs=1e-12)
-        assert row["best explanation"] == ("ls3" if row["r2 vs ls3"] > row["r2 vs empirical"] else "empirical")
+        assert row["removes ls3"].value == pytest.approx(float(share.quantile(0.5)), abs=1e-12)
+        assert row["removes ls3"].low <= row["removes ls3"].value <= row["removes ls3"].high
+        best = "ls3" if row["r2 vs ls3"].value > row["r2 vs empirical"].value else "empirical"
+        assert row["best explanation"] == best
     assert table[("empirical", "full")]["r2 vs ls3"] is None  # closed-form runs are explainers, not explained
     explained = json.loads((out / "explanations.json").read_text())
     per_level = explained["paper (full)"]["removes_per_level"]["ls3"]
+    assert explained["paper (full)"]["in_sample"] == []  # ls3 was not calibrated
     assert len(per_level) == 3 and explained["paper (full)"]["best_baseline"] == "empirical"
     assert "Share of the best baseline's error" in (out / "report.md").read_text()
     with pytest.raises(UserError, match="machines: 'nope' is neither a variant"):
@@ -240,7 +254,8 @@ def test_a_machine_that_equals_the_trained_run_removes_all_of_the_baselines_erro
 
 
 def test_the_seed_controls_set_a_floor_that_every_run_is_read_against(sweep, tmp_path, fashion_stand_in):
-    # The paper configuration (job 0) trained with seeds 1 and 2 on seed 0's images, sampled from seed 0's noise.
+    # The paper configuration (job 0) trained with seeds 1 and 2 on seed 0's images, sampled from seed 0's noise,
+    # and no_skip (job 1) with a second training seed likewise.
     grid = tmp_path / "grid"
     shutil.copytree(sweep, grid)
     for seed in (1, 2):
@@ -248,6 +263,8 @@ def test_the_seed_controls_set_a_floor_that_every_run_is_read_against(sweep, tmp
             grid / f"control_{seed}", *SWEEP[0], f"variant=paper_seed{seed}", f"seed={seed}", "data.seed=0",
             "sample_seed=0", *TINY, f"data.root={fashion_stand_in}",
         ))
+    train(train_config(grid / "no_skip_seed1", *SWEEP[1], "seed=1", "data.seed=0", "sample_seed=0", *TINY,
+                       f"data.root={fashion_stand_in}"))
     reference = np.load(grid / "0" / "samples.npz")
     for seed in (1, 2):
         control = np.load(grid / f"control_{seed}" / "samples.npz")
@@ -260,32 +277,43 @@ def test_the_seed_controls_set_a_floor_that_every_run_is_read_against(sweep, tmp
     def samples(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.load(path / "samples.npz")["samples"])
 
-    def same_noise(run: Path, anchor: Path) -> tuple[float, float]:
+    def per_sample(run: Path, anchor: Path) -> tuple[torch.Tensor, torch.Tensor]:
         metric = TwoModelAgreement()
         metric.update(samples(run), samples(anchor))
-        r2 = float(per_sample_r2(samples(anchor), samples(run)).quantile(0.5))
-        return float(metric.compute()["agreement_cosine_mean"]), r2
+        return per_sample_r2(samples(anchor), samples(run)), metric.per_sample()
 
     group = [grid / "0", grid / "control_1", grid / "control_2"]
-    pairs = [same_noise(b, a) for i, a in enumerate(group) for b in group[i + 1 :]]
+    pairs = [per_sample(b, a) for i, a in enumerate(group) for b in group[i + 1 :]]
     floor = json.loads((out / "seed_floor.json").read_text())
-    assert floor["runs"] == ["paper", "paper_seed1", "paper_seed2"]
-    found = [value for pair in floor["pairs"] for value in (pair["agreement"], pair["r2"])]
-    assert found == pytest.approx([value for pair in pairs for value in pair], abs=1e-12)
-    r2s = [r2 for _, r2 in pairs]
-    assert floor["r2"]["min"] == pytest.approx(min(r2s)) and floor["r2"]["mean"] == pytest.approx(np.mean(r2s))
-    assert floor["r2"]["sd"] == pytest.approx(np.std(r2s, ddof=1))
+    assert floor["runs"] == ["paper", "paper_seed1", "paper_seed2"] and len(floor["pairs"]) == 3
+    for found, (r2, cosine) in zip(floor["pairs"], pairs):  # every seed pair with its interval
+        assert found["r2"] == pytest.approx(bootstrap(r2).as_dict(), abs=1e-12)
+        assert found["agreement"] == pytest.approx(bootstrap(cosine, nan_mean).as_dict(), abs=1e-12)
+    pooled_r2 = torch.stack([r2 for r2, _ in pairs]).mean(dim=0)
+    assert floor["pooled"]["r2"] == pytest.approx(bootstrap(pooled_r2).as_dict(), abs=1e-12)
 
-    rows = {(row["variant"], row["split"]): row for row in result["rows"]}
-    no_skip = rows[("no_skip", "full")]
-    agreement, r2 = same_noise(grid / "1", grid / "0")
-    assert no_skip["vs_reference"] == pytest.approx(agreement) and no_skip["r2_vs_reference"] == pytest.approx(r2)
-    assert no_skip["beyond_floor"] == ("yes" if r2 < min(r2s) else "no")
-    assert rows[("paper_seed1", "full")]["beyond_floor"] == "control"
-    assert rows[("empirical", "half_a")]["beyond_floor"] is None  # no reference on that half
+    rows = {(row["variant"], row["split"], row["seed"]): row for row in result["rows"]}
+    # Each no_skip run against the paper runs of the other training seeds only, per sample averaged over them.
+    for job, seed, anchors in (("1", 0, ("control_1", "control_2")), ("no_skip_seed1", 1, ("0", "control_2"))):
+        row = rows[("no_skip", "full", seed)]
+        r2 = torch.stack([per_sample(grid / job, grid / anchor)[0] for anchor in anchors]).mean(dim=0)
+        assert row["r2_vs_reference"] == bootstrap(r2)
+        assert "same training seed" not in row["reference_pairs"] and row["reference_pairs"].count(" vs ") == 2
+        assert f"no_skip (seed {seed}) vs paper" in row["reference_pairs"]
+        difference = paired_difference(r2, pooled_r2)
+        assert row["floor_difference"] == difference
+        assert row["beyond_floor"] == ("yes" if difference.high < 0 else "no")
+        assert row["verdict"] == ("differs" if difference.high < 0 else "same generator")
+    assert rows[("paper_seed1", "full", 1)]["beyond_floor"] == "control"
+    assert rows[("paper_seed1", "full", 1)]["verdict"] == "control"
+    assert rows[("empirical", "half_a", 0)]["beyond_floor"] is None  # no reference on that half
+    assert rows[("empirical", "half_a", 0)]["verdict"] == "undetermined"
+    judged = json.loads((out / "verdicts.json").read_text())
+    assert sum(judged["counts"].values()) == len(judged["rows"]) == len(result["rows"]) - 1
+    assert judged["counts"]["control"] == 3
     last = result["rows"][-1]
     assert last["variant"] == "seed-to-seed floor (paper x 3 seeds)"
-    assert last["r2_vs_reference"].startswith(f"{np.mean(r2s):.4g} ± ")
+    assert last["r2_vs_reference"] == bootstrap(pooled_r2)
     assert "seed-to-seed floor" in (out / "report.md").read_text().splitlines()[-1]
     assert (out / "report_floor.png").is_file()
 
@@ -334,7 +362,8 @@ def test_the_dataset_size_table_gives_memorization_agreement_and_r2_to_the_empir
         assert row["r2 vs empirical"] == pytest.approx(np.mean(r2), abs=1e-12)  # each half against its own empirical
         metric = TwoModelAgreement()
         metric.update(made[size, "half_a"][0], made[size, "half_b"][0])
-        assert row["two-model agreement"] == pytest.approx(float(metric.compute()["agreement_cosine_mean"]))
+        assert row["two-model agreement"]["value"] == pytest.approx(float(metric.compute()["agreement_cosine_mean"]))
+        assert row["two-model agreement"] == pytest.approx(bootstrap(metric.per_sample(), nan_mean).as_dict())
     assert table[0]["r2 vs empirical"] > table[1]["r2 vs empirical"]  # the copies sit closer to the memorizer
     assert "Training-set size" in (out / "report.md").read_text()
     assert not (out / "report_n.png").exists()  # figure=false: no figures (tests/test_study_parallel.py draws it)
@@ -351,3 +380,20 @@ def test_show_split_keeps_one_data_half_in_the_table_while_the_halves_still_pair
     assert row["split"] == "half_a" and row["agreement"] is not None  # paired with half_b, which is not shown
     with pytest.raises(UserError, match="show_split=full: no run used that data half"):
         report(report_config(f"sweep={tmp_path}", f"out={out}", "show_split=full", "figure=false"))
+
+
+def test_a_machine_scored_on_the_seeds_that_calibrated_it_is_marked_in_sample():
+    gen = torch.Generator().manual_seed(2)
+    chosen_on = np.array(calibration_seeds(0, 4))
+    held_out = np.array(sample_seeds(0, 4))
+
+    def run(name: str, family: str, fit: str, **config) -> Run:
+        return Run(name, "full", {"denoiser": {"_target_": f"lightning_diff.denoisers.{family}.build", "fit": fit},
+                                  **config}, name)
+
+    machine = run("els", "local_score", "closed_form", calibrated_on={"seed": 0, "num_samples": 4})
+    runs = [run("paper", "unet", "sgd"), machine, run("linear", "linear", "closed_form")]
+    for seeds, marked in ((held_out, []), (chosen_on, ["els"])):
+        made = {name: Generated(torch.randn(4, 1, 4, 4, generator=gen).double(), seeds, None) for name in ("paper", "els", "linear")}
+        (result,) = explanations(runs, set(), lambda r, made=made: made[r.name]).values()
+        assert result["in_sample"] == marked

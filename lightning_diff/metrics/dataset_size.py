@@ -7,16 +7,17 @@ from typing import Any
 import numpy as np
 
 from lightning_diff.metrics.explanation import family_of
+from lightning_diff.metrics.intervals import Interval
 from lightning_diff.run.study import Run
 
 
 def dataset_size_rows(
-    runs: list[Run], explained: dict[int, dict[str, Any]], agreement: dict[int, float]
+    runs: list[Run], explained: dict[int, dict[str, Any]], agreement: dict[int, Interval]
 ) -> list[dict[str, Any]]:
     """For every trained variant run at two or more training-set sizes (``data.num_train``): per N
     the memorized fraction and the median r^2 to the empirical denoiser (each the mean over the
     variant's runs at that N: both halves when both were run) and the two-model agreement of the
-    halves (``agreement``: :func:`~lightning_diff.metrics.same_noise.agreements` of ``runs``). The
+    halves with its interval (``agreement``: :func:`~lightning_diff.metrics.same_noise.agreements` of ``runs``). The
     memorization-to-generalization transition of that architecture."""
     empirical = {run.name for run in runs if family_of(run) == "empirical"}
     by_variant: dict[str, dict[int, list[Run]]] = {}

@@ -17,7 +17,11 @@ highest median r^2; the median over samples), and the same per level on each mod
 prediction along its own trajectory from the same noise (runs with checkpoints); and the best
 explanation, the explainer with the highest median r^2. Explainers are paired with a trained
 run only on the same training images (dataset, N, data seed, half), with the same seeds and
-sample shape.
+sample shape. Every median has its 95% bootstrap interval over samples (``r2_interval``,
+``removes_interval``: {value, low, high}).
+
+A calibrated machine (its config's ``calibrated_on``: the calibration seeds' recipe) scored on
+any seed that chose its knobs is named in ``in_sample``: such a score is not a held-out one.
 """
 
 import sys
@@ -29,8 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_diff.metrics.intervals import bootstrap
 from lightning_diff.metrics.r2 import per_sample_pearson, per_sample_r2, per_sample_sse
 from lightning_diff.run.study import Run
+from lightning_diff.seeding import calibration_seeds
 
 MACHINE_FAMILIES = ("local_score", "pca_locality")
 BASELINE_FAMILIES = ("linear", "empirical", "nearest")
@@ -72,9 +78,11 @@ def median(values: Tensor) -> float:
 
 def explain_one(trained: Generated, explainers: dict[str, tuple[str, Generated]]) -> dict[str, Any]:
     """The explanation of one trained run by its explainers (name -> (role, generated))."""
-    r2 = {name: median(per_sample_r2(trained.samples, e.samples)) for name, (_, e) in explainers.items()}
+    per_sample = {name: per_sample_r2(trained.samples, e.samples) for name, (_, e) in explainers.items()}
+    r2 = {name: median(values) for name, values in per_sample.items()}
     result: dict[str, Any] = {
         "r2_median": r2,
+        "r2_interval": {name: bootstrap(values).as_dict() for name, values in per_sample.items()},
         "pearson_r_median": {n: median(per_sample_pearson(trained.samples, e.samples)) for n, (_, e) in explainers.items()},
         "best_explanation": max(r2, key=r2.__getitem__),
     }
@@ -83,12 +91,14 @@ def explain_one(trained: Generated, explainers: dict[str, tuple[str, Generated]]
         return result
     best = max(baselines, key=r2.__getitem__)
     result["best_baseline"] = best
-    result["removes"], result["removes_per_level"] = {}, {}
+    result["removes"], result["removes_interval"], result["removes_per_level"] = {}, {}, {}
     floor = explainers[best][1]
     for name, (kind, machine) in explainers.items():
         if kind != "machine":
             continue
-        result["removes"][name] = median(removed(trained.samples, machine.samples, floor.samples))
+        share = removed(trained.samples, machine.samples, floor.samples)
+        result["removes"][name] = median(share)
+        result["removes_interval"][name] = bootstrap(share).as_dict()
         if trained.trajectory is not None and machine.trajectory is not None and floor.trajectory is not None:
             result["removes_per_level"][name] = [
                 median(removed(t, m, f)) for t, m, f in zip(trained.trajectory, machine.trajectory, floor.trajectory)
@@ -133,4 +143,16 @@ def explanations(
         usable = {name: (kind, g) for name, (kind, g) in explainers.items() if g is not None and comparable(trained, g)}
         if usable:
             found[id(run)] = explain_one(trained, usable)
+            found[id(run)]["in_sample"] = [
+                other.name for other in runs if other.name in usable and chose_on(other, trained.seeds)
+            ]
     return found
+
+
+def chose_on(machine: Run, seeds: np.ndarray) -> bool:
+    """Whether ``machine``'s knobs were calibrated on any of ``seeds`` (its ``calibrated_on`` record)."""
+    record = machine.config.get("calibrated_on")
+    if not record:
+        return False
+    chosen = calibration_seeds(int(record["seed"]), int(record["num_samples"]))
+    return bool(set(chosen) & {int(seed) for seed in seeds})
