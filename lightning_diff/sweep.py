@@ -11,12 +11,14 @@ what ``python -m lightning_diff.train -m`` would run as job i::
     python -m lightning_diff.sweep keep runs/study/no_skip docs/results/study  # a finished run's summary
     python -m lightning_diff.sweep unconverged docs/results/study              # trained runs still improving (not converged)
     python -m lightning_diff.sweep longer docs/results/study/no_skip           # its overrides with 2x the steps
+    python -m lightning_diff.sweep trained paper no_skip empirical              # the presets trained by SGD: paper no_skip
 """
 
 import argparse
 from pathlib import Path
 
 import yaml
+from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -24,7 +26,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_diff.errors import UserError
-from lightning_diff.run.cli import exit_on_user_error
+from lightning_diff.run.cli import CONF_DIR, exit_on_user_error
 from lightning_diff.run.study import CONVERGENCE_TOLERANCE, keep_summary, longer_overrides, unconverged
 
 
@@ -58,6 +60,22 @@ def run_overrides(path: Path, index: int, extra: list[str] | None = None) -> lis
     return runs[index]
 
 
+def trained_presets(presets: list[str]) -> list[str]:
+    """The presets of conf/experiment/paper/unet/ whose denoiser is trained by SGD (a second training
+    seed is a control for those; a closed-form fit is the same whatever the seed)."""
+    folder = Path(CONF_DIR) / "experiment" / "paper" / "unet"
+    unknown = [preset for preset in presets if not (folder / f"{preset}.yaml").is_file()]
+    if unknown:
+        raise UserError(f"presets {', '.join(unknown)} not in {folder}; name its files without .yaml")
+    found = []
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for preset in presets:
+            config = compose(config_name="train", overrides=[f"experiment=paper/unet/{preset}"])
+            if config.denoiser.get("fit") == "sgd":
+                found.append(preset)
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lightning_diff.sweep", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     longer = commands.add_parser("longer", help="print a run's overrides with FACTOR times its steps, one a line")
     longer.add_argument("run_dir", type=Path)
     longer.add_argument("--factor", type=int, default=2)
+    trained = commands.add_parser("trained", help="print those of the presets trained by SGD, one a line")
+    trained.add_argument("presets", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "trained":
+        print("\n".join(exit_on_user_error(lambda: trained_presets(args.presets))))
+        return
     if args.command in ("unconverged", "longer"):
         found = exit_on_user_error(
             lambda: unconverged(args.root, args.tolerance)

@@ -17,6 +17,9 @@
 # are made from it: KEEP_DIR/grid/report.* (every run), KEEP_DIR/grid/half_a_report/ (the half_a
 # runs with the figures) and KEEP_DIR/dataset_size/report.*.
 #
+# Every trained change of the paper UNet is also trained with a second seed on half_a's images
+# (the floor's), so the report reads it against the paper UNet across training seeds only.
+#
 # A trained run whose validation loss still fell >= 2% over its last quarter (at some level) is
 # trained again with twice the steps (and intervals) and replaces its kept summary (marked
 # trained_longer), once; one still improving after that, with four times those steps (8x the
@@ -96,6 +99,15 @@ for name in $machines; do
     mapfile -t overrides < <(calibrated "$name")
     run_halves "$name" "${overrides[@]}"
 done
+
+echo "== every trained change with a second training seed on half_a's images, sampled from seed 0's noise"
+# The report compares each variant with the paper UNet only across training seeds (this run
+# against seeds 0 and 2 of the paper UNet, the seed-0 run against seeds 1 and 2).
+second=$("$python" -m lightning_diff.sweep trained $rest | tr '\n' ' ')
+if [ -n "${second// /}" ]; then  # an empty PRESETS would mean every preset
+    KEEP="$keep/grid/seed1" PRESETS="$second" sweeps/study_parallel.sh "$out/grid/seed1" "$streams" \
+        "${user[@]}" data.split=half_a seed=1 data.seed=0 sample_seed=0
+fi
 
 echo "== the seed-to-seed control: the paper UNet with training seeds 1 and 2 on half_a's images, sampled from seed 0's noise"
 for seed in 1 2; do

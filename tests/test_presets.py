@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, train_config
@@ -18,7 +19,7 @@ from lightning_diff.compose import build
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.run.cli import CONF_DIR
-from lightning_diff.sweep import expand
+from lightning_diff.sweep import expand, trained_presets
 from lightning_diff.train import train
 
 PRESET_DIR = Path(CONF_DIR) / "experiment" / "paper" / "unet"
@@ -151,3 +152,14 @@ def test_the_width_presets_halve_and_double_the_study_base_width():
     with pytest.raises(UserError, match=r"denoiser.base_channels=4.5 is not valid; it must be an integer >= 1"):
         build(preset("width_half", "unet_width=9").denoiser, "denoiser", data_shape=(1, 16, 16),
               grid=NoiseGrid(torch.tensor([0.1, 0.5, 0.9])))
+
+
+def test_the_presets_trained_by_sgd_are_those_whose_denoiser_fit_is_sgd():
+    found = trained_presets(PRESETS)
+    for preset in PRESETS:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            fit = compose(config_name="train", overrides=[f"experiment=paper/unet/{preset}"]).denoiser.get("fit")
+        assert (preset in found) == (fit == "sgd"), preset
+    assert "paper" in found and "empirical" not in found and "els" not in found
+    with pytest.raises(UserError, match="presets nope not in"):
+        trained_presets(["paper", "nope"])
