@@ -42,6 +42,8 @@ class TwoModelAgreement(Metric):
         self.b.append(samples_b.detach().reshape(samples_b.shape[0], -1).double())
 
     def _cosines(self) -> Tensor:
+        if (isinstance(self.a, list) and not self.a) or dim_zero_cat(self.a).shape[0] == 0:
+            raise UserError("two-model agreement has no sample pairs; give it samples from both models")
         a, b = dim_zero_cat(self.a).cpu(), dim_zero_cat(self.b).cpu()
         mean = self.fixed_mean if self.fixed_mean is not None else torch.cat([a, b]).mean(dim=0)
         if mean.numel() != a.shape[1]:
@@ -49,7 +51,15 @@ class TwoModelAgreement(Metric):
         return torch.nn.functional.cosine_similarity(a - mean, b - mean, dim=1, eps=1e-12)
 
     def compute(self) -> dict[str, Tensor]:
-        if (isinstance(self.a, list) and not self.a) or dim_zero_cat(self.a).shape[0] == 0:
-            raise UserError("two-model agreement has no sample pairs; give it samples from both models")
         cosines = self._cosines()
-        return {"agreement_cosine_mean": cosines.mean(), "agreement_cosine_median": cosines.median()}
+        # numpy's median (the mean of the middle two), as every other median of per-sample values here
+        return {"agreement_cosine_mean": cosines.mean(), "agreement_cosine_median": cosines.quantile(0.5)}
+
+    def per_sample(self) -> Tensor:
+        """Each pair's cosine (float64, CPU), in order of arrival: what the mean and median
+        summarise, and what an interval over samples resamples.
+
+        Under DDP this is a collective (every rank's pairs, rank by rank): call it on every rank.
+        """
+        with self.sync_context(should_unsync=True):
+            return self._cosines()
