@@ -3,16 +3,30 @@ predicts another from the same noise.
 
 PATH is a run directory (its ``samples.npz``) or an ``.npz`` with ``samples`` and ``seeds``;
 ``a`` is the reference and the seeds must match. The JSON (printed, and written to ``out``)
-holds the per-sample r^2 and Pearson r of the final samples and their medians
-(:mod:`lightning_diff.metrics.r2`). When both are run directories with checkpoints, also per
-denoiser call along the sampler, highest noise first:
+holds, for the final samples:
+
+- ``r2_per_sample``, ``pearson_r_per_sample`` (:mod:`lightning_diff.metrics.r2`) and
+  ``agreement_cosine_per_sample``, the cosine of a_i - m and b_i - m with m the mean of all
+  samples of both (:mod:`lightning_diff.metrics.agreement`);
+- their summaries ``r2_samples_median``, ``r2_samples_mean``, ``pearson_r_samples_median``,
+  ``agreement_cosine_mean`` and ``agreement_cosine_median``;
+- for each summary ``<summary>_ci = {value, low, high}``: its percentile bootstrap interval over
+  samples (:mod:`lightning_diff.metrics.intervals`; ``value`` is the summary itself). The
+  settings ``level`` (0.95), ``resamples`` (2000) and ``bootstrap_seed`` (0) are echoed in
+  ``interval_settings``. m is computed once from all samples and held fixed while the pairs
+  are resampled, so the agreement's interval leaves out m's own sampling error.
+
+When both are run directories with checkpoints, also per denoiser call along the sampler,
+highest noise first, the median r^2 over samples and, in ``..._per_level_ci``, a list of its
+intervals ``{value, low, high}`` level by level:
 
 - ``r2_single_step_per_level``: b's denoiser applied to a's own sampling states, against a's
-  denoiser output there (the median over samples);
+  denoiser output there;
 - ``r2_trajectory_per_level``: each model's x0 prediction along its own trajectory from the
   same noise, b against a.
 
-The trajectories use a's sampler and grid; the grids of the two runs must agree.
+The trajectories use a's sampler and grid; the grids of the two runs must agree. ``wandb=true``
+logs every number, each interval's ends as ``<summary>_low`` and ``<summary>_high``.
 """
 
 import json
@@ -34,12 +48,24 @@ from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import difference_grid
 from lightning_diff.figures.plots import per_level_figure
-from lightning_diff.metrics.r2 import SameNoiseR2
+from lightning_diff.metrics.agreement import TwoModelAgreement
+from lightning_diff.metrics.intervals import Statistic, bootstrap, nan_mean, nan_median
+from lightning_diff.metrics.r2 import SameNoiseR2, per_sample_r2
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
 from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.sample import load_denoiser
+
+# The summaries of per-sample values compare reports, each with an interval over samples:
+# (the summary's key, the per-sample values' key, the statistic).
+SUMMARIES: tuple[tuple[str, str, Statistic], ...] = (
+    ("r2_samples_median", "r2_per_sample", nan_median),
+    ("r2_samples_mean", "r2_per_sample", nan_mean),
+    ("pearson_r_samples_median", "pearson_r_per_sample", nan_median),
+    ("agreement_cosine_mean", "agreement_cosine_per_sample", nan_mean),
+    ("agreement_cosine_median", "agreement_cosine_per_sample", nan_median),
+)
 
 
 @dataclass
@@ -97,10 +123,23 @@ def same_grid(first: list[float], second: list[float]) -> bool:
     return len(first) == len(second) and bool(np.allclose(first, second, rtol=0, atol=1e-12))
 
 
-def final_r2(a: Side, b: Side) -> dict[str, Any]:
-    metric = SameNoiseR2()
-    metric.update(a.samples, b.samples)
-    return {key: value.tolist() if value.dim() else float(value) for key, value in metric.compute().items()}
+def bootstrap_options(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`~lightning_diff.metrics.intervals.bootstrap`'s options from the config's ``resamples``,
+    ``level`` and ``bootstrap_seed``."""
+    return {"resamples": int(cfg.resamples), "level": float(cfg.level), "seed": int(cfg.bootstrap_seed)}
+
+
+def final_samples(a: Side, b: Side, options: dict[str, Any]) -> dict[str, Any]:
+    """Per-sample r^2, Pearson r and agreement cosine of the final samples, their summaries, and
+    each summary's interval over samples (``<summary>_ci``)."""
+    r2, agreement = SameNoiseR2(), TwoModelAgreement()
+    r2.update(a.samples, b.samples)
+    agreement.update(a.samples, b.samples)
+    values = {**r2.compute(), "agreement_cosine_per_sample": agreement.per_sample(), **agreement.compute()}
+    result: dict[str, Any] = {key: value.tolist() if value.dim() else float(value) for key, value in values.items()}
+    for key, per_sample, statistic in SUMMARIES:
+        result[f"{key}_ci"] = bootstrap(values[per_sample], statistic, **options).as_dict()
+    return result
 
 
 def denoiser_calls(denoiser: torch.nn.Module, info: dict[str, Any], sampler: str, seeds: list[int], device: str) -> list:
@@ -136,8 +175,9 @@ def median_r2(reference: Tensor, other: Tensor) -> float:
 
 
 @torch.no_grad()
-def per_level_r2(a: Side, b: Side, weights: str, device: str) -> dict[str, Any]:
-    """Single-step and trajectory r^2 per denoiser call (both sides need checkpoints)."""
+def per_level_r2(a: Side, b: Side, weights: str, device: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Single-step and trajectory median r^2 per denoiser call and their intervals over samples
+    (both sides need checkpoints)."""
     assert a.run_dir is not None and b.run_dir is not None
     denoiser_a, info_a = load_denoiser(checkpoint_path(a.run_dir), weights)
     denoiser_b, info_b = load_denoiser(checkpoint_path(b.run_dir), weights)
@@ -147,30 +187,47 @@ def per_level_r2(a: Side, b: Side, weights: str, device: str) -> dict[str, Any]:
     denoiser_a, denoiser_b = denoiser_a.to(device), denoiser_b.to(device)
     calls_a = denoiser_calls(denoiser_a, info_a, sampler, a.seeds, device)
     calls_b = denoiser_calls(denoiser_b, info_b, sampler, a.seeds, device)
-    single = [median_r2(out, denoiser_b(y.to(device), torch.full((y.shape[0],), t, device=device)).cpu()) for t, y, out in calls_a]
-    trajectory = [median_r2(out_a, out_b) for (_, _, out_a), (_, _, out_b) in zip(calls_a, calls_b)]
-    return {
-        "levels_called": [t for t, _, _ in calls_a],
-        "sampler": sampler,
-        "r2_single_step_per_level": single,
-        "r2_trajectory_per_level": trajectory,
-    }
+    single = [
+        per_sample_r2(out, denoiser_b(y.to(device), torch.full((y.shape[0],), t, device=device)).cpu())
+        for t, y, out in calls_a
+    ]
+    trajectory = [per_sample_r2(out_a, out_b) for (_, _, out_a), (_, _, out_b) in zip(calls_a, calls_b)]
+    result: dict[str, Any] = {"levels_called": [t for t, _, _ in calls_a], "sampler": sampler}
+    for name, per_level in (("single_step", single), ("trajectory", trajectory)):
+        intervals = [bootstrap(r2, nan_median, **options) for r2 in per_level]
+        result[f"r2_{name}_per_level"] = [interval.value for interval in intervals]
+        result[f"r2_{name}_per_level_ci"] = [interval.as_dict() for interval in intervals]
+    return result
+
+
+def logged_numbers(result: dict[str, Any]) -> dict[str, float]:
+    """What W&B gets: every float of ``result``, and each summary's interval ends as
+    ``<summary>_low`` and ``<summary>_high``."""
+    numbers = {key: value for key, value in result.items() if isinstance(value, float)}
+    for key, _, _ in SUMMARIES:
+        numbers[f"{key}_low"], numbers[f"{key}_high"] = result[f"{key}_ci"]["low"], result[f"{key}_ci"]["high"]
+    return numbers
 
 
 def compare(cfg: DictConfig) -> dict[str, Any]:
     """The comparison ``cfg`` asks for, as a dict (also printed, and written to ``out``)."""
     a, b = load_side("a", str(cfg.a)), load_side("b", str(cfg.b))
     check_pair(a, b)
-    result: dict[str, Any] = {"a": str(a.path), "b": str(b.path), "num_samples": len(a.seeds), **final_r2(a, b)}
+    options = bootstrap_options(cfg)
+    result: dict[str, Any] = {"a": str(a.path), "b": str(b.path), "num_samples": len(a.seeds)}
+    result.update(final_samples(a, b, options))
+    result["interval_settings"] = {
+        "level": options["level"], "resamples": options["resamples"], "bootstrap_seed": options["seed"]
+    }
     if a.run_dir is not None and b.run_dir is not None:
-        result.update(per_level_r2(a, b, str(cfg.weights), str(cfg.device)))
+        result.update(per_level_r2(a, b, str(cfg.weights), str(cfg.device), options))
     text = json.dumps(result, indent=2)
     out = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
     if out is not None:
         atomic_write_text(out, text + "\n")
     figures = write_figures(a, b, result, out.parent, out.stem) if out is not None else {}
     if cfg.wandb:
-        numbers = {key: value for key, value in result.items() if isinstance(value, float)}
+        numbers = logged_numbers(result)
         name = f"{a.path.parent.name} vs {b.path.parent.name}"
         with tempfile.TemporaryDirectory(prefix="compare_") as scratch:  # W&B copies the images it logs
             if out is None:

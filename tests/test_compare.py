@@ -54,6 +54,48 @@ def test_r2_and_pearson_equal_a_numpy_computation_on_planted_arrays(tmp_path, ca
     assert "r2_single_step_per_level" not in result  # npz files have no denoiser to ask
 
 
+def test_every_summary_has_its_bootstrap_interval_over_samples(tmp_path):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(40, 1, 4, 4))
+    b = 0.7 * a + 0.5 * rng.normal(size=a.shape)
+    seeds = list(range(40))
+    paths = [f"a={planted(tmp_path / 'a.npz', a, seeds)}", f"b={planted(tmp_path / 'b.npz', b, seeds)}"]
+    result = compare(compare_config(*paths))
+    rows = a.reshape(40, -1) - np.concatenate([a, b]).reshape(80, -1).mean(0)  # the pooled mean removed
+    others = b.reshape(40, -1) - np.concatenate([a, b]).reshape(80, -1).mean(0)
+    cosines = (rows * others).sum(1) / (np.linalg.norm(rows, axis=1) * np.linalg.norm(others, axis=1))
+    np.testing.assert_allclose(result["agreement_cosine_per_sample"], cosines, rtol=1e-12, atol=1e-12)
+    assert result["agreement_cosine_median"] == pytest.approx(np.median(cosines), abs=1e-12)
+    assert result["interval_settings"] == {"level": 0.95, "resamples": 2000, "bootstrap_seed": 0}
+    for key, per_sample, reduce in (("r2_samples_median", "r2_per_sample", np.median),
+                                    ("r2_samples_mean", "r2_per_sample", np.mean),
+                                    ("pearson_r_samples_median", "pearson_r_per_sample", np.median),
+                                    ("agreement_cosine_mean", "agreement_cosine_per_sample", np.mean),
+                                    ("agreement_cosine_median", "agreement_cosine_per_sample", np.median)):
+        ci = result[f"{key}_ci"]
+        assert ci["value"] == pytest.approx(result[key], abs=1e-12)
+        # Inside the range of the statistic over resamples, and not degenerate for 40 spread values.
+        assert min(result[per_sample]) <= ci["low"] < ci["value"] < ci["high"] <= max(result[per_sample])
+        # About 2 x 1.96 standard errors wide (the bootstrap's own, so a loose band).
+        spread = np.std(result[per_sample]) / np.sqrt(40) * (1.25 if reduce is np.median else 1.0)
+        assert 2.5 * spread < ci["high"] - ci["low"] < 6.5 * spread, key
+    same = compare(compare_config(*paths))
+    assert same["r2_samples_median_ci"] == result["r2_samples_median_ci"]  # seeded: an interval reproduces
+    other = compare(compare_config(*paths, "bootstrap_seed=1", "level=0.5", "resamples=500"))
+    assert other["interval_settings"] == {"level": 0.5, "resamples": 500, "bootstrap_seed": 1}
+    wider, narrower = result["r2_samples_median_ci"], other["r2_samples_median_ci"]
+    assert wider["low"] < narrower["low"] < narrower["high"] < wider["high"]
+
+
+def test_one_sample_or_a_bad_interval_setting_is_a_user_error(tmp_path):
+    paths = [f"{side}={planted(tmp_path / f'{side}.npz', np.ones((1, 3)), [7])}" for side in "ab"]
+    with pytest.raises(UserError, match="at least 2 samples, got 1; draw more samples"):
+        compare(compare_config(*paths))
+    two = [f"{side}={planted(tmp_path / f'{side}2.npz', np.eye(2), [7, 8])}" for side in "ab"]
+    with pytest.raises(UserError, match=r"level=1.5 must be in \(0, 1\)"):
+        compare(compare_config(*two, "level=1.5"))
+
+
 def test_different_seeds_or_shapes_are_one_line_exit_2_and_nothing_written(tmp_path):
     a = np.zeros((4, 3))
     planted(tmp_path / "a.npz", a, [1, 2, 3, 4])
@@ -89,9 +131,15 @@ def test_run_directories_also_give_single_step_and_trajectory_r2_per_level(two_r
     assert itself["r2_single_step_per_level"] == pytest.approx([1.0] * 4)
     assert itself["r2_trajectory_per_level"] == pytest.approx([1.0] * 4)
     assert itself["r2_samples_median"] == pytest.approx(1.0)
+    assert [ci["low"] for ci in itself["r2_trajectory_per_level_ci"]] == pytest.approx([1.0] * 4)
     other = compare(compare_config(f"a={two_runs / 'one'}", f"b={two_runs / 'two'}"))
     assert len(other["r2_single_step_per_level"]) == len(other["r2_trajectory_per_level"]) == 4
     assert min(other["r2_trajectory_per_level"]) < 1.0 and other["sampler"] == "ddim"
+    for name in ("single_step", "trajectory"):
+        intervals = other[f"r2_{name}_per_level_ci"]
+        assert [ci["value"] for ci in intervals] == other[f"r2_{name}_per_level"]
+        assert all(ci["low"] <= ci["value"] <= ci["high"] for ci in intervals)
+        assert any(ci["low"] < ci["high"] for ci in intervals)
 
 
 def test_wandb_gets_the_numbers_the_per_level_plot_and_the_difference_grid(two_runs, tmp_path):
@@ -107,6 +155,10 @@ def test_wandb_gets_the_numbers_the_per_level_plot_and_the_difference_grid(two_r
     assert grid.size == (3 * (side + 2) + 2, 8 * (side + 2) + 2)  # 8 rows of a | b | |a - b|
     (summary,) = [row for row in history_rows(out.parent) if "r2_samples_median" in row]
     assert summary["r2_samples_median"] == pytest.approx(result["r2_samples_median"])
+    for key in ("r2_samples_median", "r2_samples_mean", "pearson_r_samples_median", "agreement_cosine_mean",
+                "agreement_cosine_median"):
+        assert summary[f"{key}_low"] == pytest.approx(result[f"{key}_ci"]["low"])
+        assert summary[f"{key}_high"] == pytest.approx(result[f"{key}_ci"]["high"])
     assert summary["compare/grid/width"] == grid.size[0] and summary["compare/grid/height"] == grid.size[1]
     levels = tmp_path / "levels" / "r2.json"
     levels.parent.mkdir()

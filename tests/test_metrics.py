@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 import timm
 import torch
 import torch.distributed as dist
@@ -243,6 +244,26 @@ def test_memorization_planted_copies_and_fresh_noise() -> None:
     assert {"d1_q05", "d1_q25", "d1_q75", "d1_q95", "d1_mean", "num_samples"} <= set(values)
 
 
+def test_memorized_fraction_comes_with_its_exact_clopper_pearson_bounds() -> None:
+    gen = torch.Generator().manual_seed(5)
+    train = torch.rand(200, 1, 8, 8, generator=gen) * 2 - 1
+    copies = train[torch.randperm(200, generator=gen)[:6]]
+    fresh = torch.rand(18, 1, 8, 8, generator=gen) * 2 - 1  # about as far from their nearest as from the next
+    metric = Memorization(train)
+    metric.update(torch.cat([copies, fresh]))
+    values = {key: float(value) for key, value in metric.compute().items()}
+    exact = scipy.stats.binomtest(6, 24).proportion_ci(confidence_level=0.95, method="exact")
+    assert values["memorized_fraction"] == 6 / 24
+    assert values["memorized_fraction_low"] == pytest.approx(exact.low, abs=1e-10)
+    assert values["memorized_fraction_high"] == pytest.approx(exact.high, abs=1e-10)
+    metric.reset()
+    metric.update(fresh)
+    values = {key: float(value) for key, value in metric.compute().items()}
+    # "Memorized 0 of 18" still allows up to 1 - 0.025^(1/18), about 18.5%.
+    assert values["memorized_fraction"] == values["memorized_fraction_low"] == 0.0
+    assert values["memorized_fraction_high"] == pytest.approx(1 - 0.025 ** (1 / 18), abs=1e-12)
+
+
 def test_memorization_indices_equal_brute_force_cdist() -> None:
     gen = torch.Generator().manual_seed(1)
     train = torch.rand(2000, 1, 28, 28, generator=gen) * 2 - 1
@@ -316,6 +337,25 @@ def test_two_model_agreement() -> None:
         pooled.update(a, a[:5])
 
 
+def test_two_model_agreement_per_sample_cosines_are_what_its_summaries_summarise() -> None:
+    gen = torch.Generator().manual_seed(6)
+    a = torch.randn(30, 1, 4, 4, generator=gen, dtype=torch.float64) + 2
+    b = 0.6 * a + torch.randn(30, 1, 4, 4, generator=gen, dtype=torch.float64)
+    metric = TwoModelAgreement()
+    with pytest.raises(UserError, match="no sample pairs"):
+        metric.per_sample()
+    metric.update(a[:10], b[:10])
+    metric.update(a[10:], b[10:])
+    mean = torch.cat([a, b]).reshape(60, -1).numpy().mean(0)
+    x, y = a.reshape(30, -1).numpy() - mean, b.reshape(30, -1).numpy() - mean
+    expected = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    cosines = metric.per_sample()
+    np.testing.assert_allclose(cosines.numpy(), expected, rtol=1e-12, atol=1e-12)
+    values = metric.compute()
+    assert float(values["agreement_cosine_mean"]) == pytest.approx(expected.mean(), abs=1e-12)
+    assert float(values["agreement_cosine_median"]) == pytest.approx(np.median(expected), abs=1e-12)  # 30: middle two
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -359,7 +399,8 @@ def test_memorization_and_fid_under_two_ddp_processes_equal_one(tmp_path: Path) 
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     spread = torch.load(out, weights_only=True)
     assert single["memorized_fraction"] == spread["memorized_fraction"] == pytest.approx(7 / 17)
-    for key in ("d1_median", "d1_q05", "d1_q95", "d1_mean", "num_samples"):
+    for key in ("d1_median", "d1_q05", "d1_q95", "d1_mean", "num_samples", "memorized_fraction_low",
+                "memorized_fraction_high"):
         assert spread[key] == pytest.approx(single[key], rel=1e-6)
     assert torch.equal(spread["nearest"], single["nearest"])
     assert spread["fid"] == pytest.approx(single["fid"], rel=1e-5)

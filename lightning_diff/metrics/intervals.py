@@ -78,7 +78,8 @@ def bootstrap(
             for a paired difference); required then.
         resamples, level, seed: number of bootstrap draws, coverage, and the draw's seed.
     """
-    arrays = [per_sample] if isinstance(per_sample, Tensor) else list(per_sample)
+    # A lone value arrives 0-dimensional (torchmetrics squeezes one-element results): one sample.
+    arrays = [torch.atleast_1d(array) for array in ([per_sample] if isinstance(per_sample, Tensor) else per_sample)]
     sizes = {array.shape[-1] for array in arrays}
     if len(sizes) != 1 or not all(array.dim() == 1 for array in arrays):
         raise UserError(
@@ -91,7 +92,7 @@ def bootstrap(
         raise UserError(f"level={level} must be in (0, 1) and resamples={resamples} at least 100")
     (count,) = sizes
     if count < 2:
-        raise UserError(f"an interval over samples needs at least 2 samples, got {count}")
+        raise UserError(f"an interval over samples needs at least 2 samples, got {count}; draw more samples")
     join = combine if combine is not None else (lambda single: single)
     arrays = [array.detach().double().cpu() for array in arrays]
     point = float(join(*(statistic(array) for array in arrays)))

@@ -3,8 +3,10 @@
 For every sample, its two nearest training images in pixel L2 / sqrt(d) (exact, by chunked
 matrix products: :func:`lightning_diff.metrics.nearest.nearest_two`). A sample is memorized
 when d1 / d2 < 1/3 (Gu et al. 2023; Yoon et al. 2023): it is much closer to one training
-image than to any other. Per-sample results are list states concatenated across processes,
-so under DDP every rank sees all samples, ordered by their global index.
+image than to any other. The memorized fraction comes with its exact (Clopper–Pearson) 95%
+interval, ``memorized_fraction_low`` and ``memorized_fraction_high``: the upper end is what
+"memorized 0 of n" still allows. Per-sample results are list states concatenated across
+processes, so under DDP every rank sees all samples, ordered by their global index.
 """
 
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_diff.errors import UserError
+from lightning_diff.metrics.intervals import clopper_pearson
 from lightning_diff.metrics.nearest import COPY_RATIO, nearest_two
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -114,11 +117,16 @@ class Memorization(Metric):
         )
 
     def compute(self) -> dict[str, Tensor]:
-        """``memorized_fraction``, ``d1_mean``, the d1 quantiles and ``num_samples``."""
+        """``memorized_fraction`` with its exact 95% bounds (``memorized_fraction_low``, ``_high``),
+        ``d1_mean``, the d1 quantiles and ``num_samples``."""
         result = self._gathered()
         d1 = result.d1.double()
+        memorized = result.d1 < self.ratio * result.d2
+        bounds = clopper_pearson(int(memorized.sum()), memorized.numel())
         summary = {
-            "memorized_fraction": (result.d1 < self.ratio * result.d2).double().mean(),
+            "memorized_fraction": memorized.double().mean(),
+            "memorized_fraction_low": torch.tensor(bounds.low, dtype=torch.float64),
+            "memorized_fraction_high": torch.tensor(bounds.high, dtype=torch.float64),
             "d1_mean": d1.mean(),
             "num_samples": torch.tensor(float(d1.numel()), dtype=torch.float64),
         }
