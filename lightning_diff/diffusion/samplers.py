@@ -1,16 +1,23 @@
 """Samplers on ``D(y, t) -> x0_hat`` along a grid, from its largest level to its smallest.
 
 Every sample has its own generator seeded by its seed, which draws its starting noise and
-(for DDPM) its per-step noise in a fixed order, so sample i is the same whatever the batch
-size and the same noise can be pushed through different denoisers. The final step returns
-the last denoiser output, as in the paper.
+then (DDPM, DDIM with eta > 0) one noise draw per step but the last, in that order, so sample i
+is the same whatever the batch size and the same noise can be pushed through different
+denoisers. The final step returns the last denoiser output, as in the paper.
 
-- ``ddim``: deterministic DDIM (eta = 0) in x0-parametrisation;
+- ``ddim``: DDIM (Song et al. 2021) in x0-parametrisation; its one setting ``eta`` in [0, 1]
+  scales the per-step noise (0, the default: deterministic; 1: DDPM's posterior variance);
 - ``ddpm``: ancestral sampling from the Gaussian posterior q(y_{k-1} | y_k, x0_hat);
 - ``heun``: Heun's second-order method on the probability-flow ODE in Karras et al.'s
   variance-exploding coordinates x = y / sqrt(1 - t), sigma = sqrt(t / (1 - t)).
+
+A sampler is an object with its settings (``DDIM(eta=0.5)``); ``make_sampler(name, **settings)``
+builds one by name. tests/test_sampler_references.py holds them equal to diffusers' DDIM and DDPM
+schedulers and to k-diffusion's ``sample_heun``.
 """
 
+import inspect
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +36,13 @@ class Sampler:
     """Base class: batching, per-sample noise and the descending walk over the grid."""
 
     name = ""
+
+    def settings(self) -> dict[str, float]:
+        """The sampler's settings by name, as ``make_sampler`` takes them."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{key}={value!r}' for key, value in self.settings().items())})"
 
     @torch.no_grad()
     def sample(
@@ -78,7 +92,20 @@ class _PerSampleNoise:
 
 
 class DDIM(Sampler):
+    """DDIM; ``eta`` scales the noise of each step (Song et al. 2021, eq. 16)."""
+
     name = "ddim"
+
+    def __init__(self, eta: float = 0.0) -> None:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise UserError(
+                f"sampler.eta={eta!r} is not valid: DDIM's noise scale, a number in [0, 1] "
+                "(0 = deterministic DDIM, 1 = DDPM's posterior variance)"
+            )
+        self.eta = float(eta)
+
+    def settings(self) -> dict[str, float]:
+        return {"eta": self.eta}
 
     def run(self, denoiser: DenoiserFn, levels: list[float], noise: _PerSampleNoise) -> Tensor:
         y = noise.draw()
@@ -88,7 +115,12 @@ class DDIM(Sampler):
                 return x0
             t_next = levels[k + 1]
             eps = (y - math.sqrt(1 - t) * x0) / math.sqrt(t)
-            y = math.sqrt(1 - t_next) * x0 + math.sqrt(t_next) * eps
+            # sigma_k^2 of eq. 16 with alpha_bar = 1 - t: that part of the variance t_next is fresh
+            # noise, the rest keeps the direction of eps (eta = 0 leaves sqrt(t_next) exactly).
+            fresh = self.eta**2 * t_next / t * (1 - (1 - t) / (1 - t_next))
+            y = math.sqrt(1 - t_next) * x0 + math.sqrt(t_next - fresh) * eps
+            if self.eta > 0:
+                y = y + math.sqrt(fresh) * noise.draw()
         raise AssertionError("unreachable: the grid is non-empty")
 
 
@@ -121,7 +153,7 @@ class Heun(Sampler):
             return (x - denoiser(x * math.sqrt(1 - t), noise.levels(t))) / sigma
 
         x = noise.draw() / math.sqrt(1 - levels[0])
-        for t, t_next in zip(levels[:-1], levels[1:]):
+        for t, t_next in itertools.pairwise(levels):
             h = math.sqrt(t_next / (1 - t_next)) - math.sqrt(t / (1 - t))
             d1 = d_ve(x, t)
             x_euler = x + h * d1
@@ -133,23 +165,44 @@ class Heun(Sampler):
 SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIM, DDPM, Heun)}
 
 
-def make_sampler(name: str) -> Sampler:
-    """The sampler called ``name`` (ddim, ddpm or heun)."""
+def make_sampler(name: str, **settings: float) -> Sampler:
+    """The sampler called ``name`` (ddim, ddpm or heun) with ``settings`` (ddim: eta)."""
     if name not in SAMPLERS:
         raise UserError(f"sampler {name!r} is unknown; valid: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]()
+    valid = list(inspect.signature(SAMPLERS[name]).parameters)
+    unknown = [key for key in settings if key not in valid]
+    if unknown:
+        raise UserError(
+            f"{', '.join(f'sampler.{key}' for key in unknown)}: not a setting of the {name} sampler; "
+            f"valid settings: {', '.join(valid) or 'none'}"
+        )
+    return SAMPLERS[name](**settings)
 
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """The ``sampler`` config group as code (conf/sampler/<name>.yaml): which sampler, and how many
-    samples it draws at once."""
+    """The ``sampler`` config group as code (conf/sampler/<name>.yaml): which sampler, its settings,
+    and how many samples it draws at once.
+
+    A setting left at None is not passed, so the sampler keeps its default and a sampler without
+    that setting (ddpm, heun) is not given one.
+    """
 
     name: str
     batch_size: int
+    eta: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
             raise UserError(f"sampler.name={self.name!r} is unknown; valid: {', '.join(SAMPLERS)}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UserError(f"sampler.batch_size={self.batch_size!r} is not valid: samples drawn at once, an integer >= 1")
+        self.sampler()  # a setting the sampler lacks, or a bad value, stops here
+
+    def settings(self) -> dict[str, float]:
+        """The settings given in the config (those not None), by name."""
+        return {} if self.eta is None else {"eta": self.eta}
+
+    def sampler(self) -> Sampler:
+        """The configured sampler object."""
+        return make_sampler(self.name, **self.settings())
