@@ -130,6 +130,11 @@ def test_every_panel_names_a_key_the_groups_runs_logged(sweep: Path, tmp_path: P
     assert {"r2_samples_median", "pearson_r_samples_median", "compare/grid", "calibrate/r2_best_level_0",
             "calibrate/patch_size_level_2", "calibrate/r2_per_patch_size"} <= keys["Agreement and explanation r²"]
     assert keys["Tables"] == {"measure/per_sample"}
+    # Logged, but none of the quantities the dashboard is for: counts, other d1 statistics, steps, histograms.
+    not_shown = {"measure/num_samples", "measure/d1_mean", "measure/d1_q05", "epoch", "measure/d1_histogram",
+                 "class_optimum/excess_val_loss_level_0"}
+    assert not_shown <= {key for _, values, _ in shown for key in values}
+    assert not not_shown & set().union(*keys.values())
 
     filters = json.dumps(spec["spec"]["section"]["runSets"][0]["filters"])
     assert GROUP in filters and "other" not in filters
