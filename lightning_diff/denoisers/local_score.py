@@ -39,6 +39,10 @@ PADDINGS = ("circular", "zeros")
 # cores at the released code's settings, 16 samples: 0.24 s per sample with 0.5M- or 1M-element
 # blocks, 0.25 with 2M, 0.33 with 4M: the block stays nearer the caches).
 BLOCK_ELEMENTS = 1 << 20
+# Queries (pixels x samples) handled at once: more would shrink the candidate chunks below 256 and
+# rescale a larger accumulator after each, a cost quadratic in the batch (measured: 23 ms per image
+# at batches of 16 and 64, 240 ms at 256, before queries were blocked).
+QUERY_ROWS = BLOCK_ELEMENTS // 256
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 # Largest worst-case bound on a float32 logit's rounding (logit_rounding) accepted. The bound
 # overstates the error the output sees 10-60x (16x16, N = 1,000: bounds 1e-5 to 4e-5 at t >= 0.11
@@ -115,23 +119,33 @@ def softmax_centres(queries: Tensor, candidates: Tensor, centres: Tensor, a: flo
     queries = queries.reshape(-1, dim) - a * mean
     candidates = candidates - mean
     norms = candidates.pow(2).sum(dim=1)
+    # Decided on every query at once, so a sample's output does not depend on the block it falls in.
     exact = logit_rounding(queries, norms, a, t) > LOGIT_ROUNDING
     precision = torch.float64 if exact else queries.dtype
-    scaled = queries.to(precision) * (LOG2_E * a / t)
     offsets = norms.to(precision) * (-0.5 * LOG2_E * a * a / t)
     operands = candidates.to(precision)
     weighted = torch.cat([centres, torch.ones(centres.shape[0], 1, dtype=centres.dtype, device=centres.device)], 1)
+    out = torch.cat([
+        posterior_block(queries[start : start + QUERY_ROWS].to(precision) * (LOG2_E * a / t), operands, offsets, weighted)
+        for start in range(0, queries.shape[0], QUERY_ROWS)
+    ])
+    return out.reshape(batch, groups, -1)
+
+
+def posterior_block(scaled: Tensor, operands: Tensor, offsets: Tensor, weighted: Tensor) -> Tensor:
+    """The posterior means of one block of queries (already scaled to base-2 logits), chunked over
+    the candidates with a running maximum."""
     chunk = max(1, BLOCK_ELEMENTS // scaled.shape[0])
-    running_max = torch.full((scaled.shape[0], 1), -math.inf, dtype=precision, device=queries.device)
-    acc = torch.zeros(scaled.shape[0], weighted.shape[1], dtype=centres.dtype, device=queries.device)
-    for start in range(0, candidates.shape[0], chunk):
+    running_max = torch.full((scaled.shape[0], 1), -math.inf, dtype=scaled.dtype, device=scaled.device)
+    acc = torch.zeros(scaled.shape[0], weighted.shape[1], dtype=weighted.dtype, device=scaled.device)
+    for start in range(0, operands.shape[0], chunk):
         block = slice(start, start + chunk)
         logits = torch.addmm(offsets[block], scaled, operands[block].T)
         new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
-        shifted = logits.sub_(new_max).to(centres.dtype)
+        shifted = logits.sub_(new_max).to(weighted.dtype)
         acc = acc * torch.exp2(running_max - new_max).to(acc.dtype) + shifted.exp2_() @ weighted[block]
         running_max = new_max
-    return (acc[:, :-1] / acc[:, -1:]).reshape(batch, groups, -1)
+    return acc[:, :-1] / acc[:, -1:]
 
 
 def logit_rounding(queries: Tensor, norms: Tensor, a: float, t: float) -> float:
@@ -184,7 +198,12 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
         return self._every_position_zeros(y, size, a, t)
 
     def _same_position(self, y: Tensor, size: int, a: float, t: float) -> Tensor:
-        """LS: per pixel, a softmax over the training images of window sums (box filters)."""
+        """LS: per pixel, a softmax over the training images of window sums (box filters), a block
+        of images at a time (QUERY_ROWS pixels)."""
+        rows = max(1, QUERY_ROWS // (self.data_shape[1] * self.data_shape[2]))
+        return torch.cat([self._same_position_block(y[s : s + rows], size, a, t) for s in range(0, y.shape[0], rows)])
+
+    def _same_position_block(self, y: Tensor, size: int, a: float, t: float) -> Tensor:
         batch, height, width = y.shape[0], self.data_shape[1], self.data_shape[2]
         chunk = max(1, BLOCK_ELEMENTS // max(1, batch * height * width))
         running_max = torch.full((batch, 1, height, width), -math.inf, device=y.device)
