@@ -49,6 +49,9 @@ class DiffusionModule(L.LightningModule):
         seed: seeds every step's levels and noise (with the step index).
         run_info: plain data stored in every checkpoint (config, data shape, grid), so a
             checkpoint can be rebuilt without unpickling code.
+        closed_form_val_images: a closed-form family validates on this many of the validation
+            images (None: all). Its exact posterior costs as much per image and level as a
+            sampling step, so all 500 would cost many times its fit and sampling.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class DiffusionModule(L.LightningModule):
         schedule: WarmupCosine | None = None,
         seed: int = 0,
         run_info: dict[str, Any] | None = None,
+        closed_form_val_images: int | None = None,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
@@ -67,6 +71,7 @@ class DiffusionModule(L.LightningModule):
         self.schedule = schedule
         self.seed = seed
         self.run_info = run_info or {}
+        self.closed_form_val_images = closed_form_val_images
         self._unchecked_losses: list[Tensor] = []
         self.val_history: list[dict[str, Any]] = []
         # Listed once per fit: walking a per-level UNet's module tree every step costs milliseconds.
@@ -143,7 +148,10 @@ class DiffusionModule(L.LightningModule):
         return every > 0 and (self.global_step + 1) % every == 0
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        losses = self.objective.per_level_loss(self.denoiser, batch, self.seed)
+        closed_form = self.denoiser.fit != "sgd"
+        if closed_form and self.closed_form_val_images is not None:
+            batch = batch[: self.closed_form_val_images]  # the validation images are a seeded draw: a subset is too
+        losses = self.objective.per_level_loss(self.denoiser, batch, self.seed, progress=closed_form)
         for k, value in enumerate(losses.tolist()):
             self.log(f"val/loss_level_{k}", value, sync_dist=True)
         self.log("val/loss", float(losses.mean()), prog_bar=True, sync_dist=True)

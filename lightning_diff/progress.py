@@ -69,3 +69,30 @@ def _logged(iterable: Iterable[T], lines: LogLines) -> Iterator[T]:
     for done, item in enumerate(iterable, start=1):
         yield item
         lines.update(done)
+
+
+class Ticks:
+    """Progress of work that is counted, not iterated (denoiser calls inside a sampler, levels of a
+    validation): a tqdm bar on a terminal, else :class:`LogLines`; nothing when ``disable``."""
+
+    def __init__(self, total: int, desc: str, unit: str = "step", delay: float = 3.0, disable: bool = False) -> None:
+        self.done = 0
+        self.bar = None
+        self.lines = None
+        if disable:
+            return
+        if interactive():
+            self.bar = tqdm(total=total, desc=desc, unit=unit, delay=delay, leave=False)
+        else:
+            self.lines = LogLines(total, desc, unit, delay, sys.stderr)
+
+    def tick(self, count: int = 1) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.lines is not None:
+            self.lines.update(self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

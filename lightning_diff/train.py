@@ -115,6 +115,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> DiffusionModule:
         schedule=WarmupCosine(total_steps=training_steps(cfg, denoiser.fit), **plain(cfg.lr_schedule)),
         seed=int(cfg.seed),
         run_info=run_info,
+        closed_form_val_images=cfg.closed_form_val_images,
     )
 
 

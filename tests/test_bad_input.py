@@ -24,7 +24,8 @@ from lightning_diff.train import train
          "bottleneck, bottleneck_image, dit, empirical, linear"),
         ("experiment=paper/unet/nope", "error: experiment=paper/unet/nope: no such option in conf/experiment/; "
          "choose one of main, paper/theory_bottleneck"),
-        ("nonexistent_key=3", "error: nonexistent_key=3: no such key; the keys are callbacks, data, denoiser"),
+        ("nonexistent_key=3", "error: nonexistent_key=3: no such key; the keys are calibrated_on, callbacks, "
+         "closed_form_val_images, data, denoiser"),
         ("trainer.max_stepz=3", "error: trainer.max_stepz=3: no such key; did you mean trainer.max_steps?"),
         ("a=[1", "error: a=[1: not a valid override"),
         ("optimizer.lr=-1", "error: optimizer.lr=-1 is not valid: the learning rate must be > 0"),
@@ -32,6 +33,7 @@ from lightning_diff.train import train
         ("trainer.max_steps=abc", "error: trainer.max_steps='abc' is not valid: training steps"),
         ("num_samples=-5", "error: num_samples=-5 is not valid: samples written at the end (0: none), an integer >= 0"),
         ("trainer.val_check_interval=0", "error: trainer.val_check_interval=0 is not valid"),
+        ("closed_form_val_images=abc", "error: closed_form_val_images='abc' is not valid: validation images"),
     ],
 )
 def test_command_line_mistakes_exit_2_with_one_line_naming_the_key(tmp_path, override, expected, capsys):

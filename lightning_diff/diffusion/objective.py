@@ -31,6 +31,7 @@ from lightning_diff.diffusion.edm import check_sigma_data, loss_weight
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.process import DenoiserFn, add_noise, sigma_to_t
 from lightning_diff.errors import UserError
+from lightning_diff.progress import with_progress
 from lightning_diff.seeding import generator
 
 LEVEL_MODES = ("discrete", "uniform", "lognormal")
@@ -140,12 +141,16 @@ class DiffusionObjective:
         return (self.weights(t) * err).mean()
 
     @torch.no_grad()
-    def per_level_loss(self, denoiser: DenoiserFn, x0: Tensor, seed: int, batch_size: int = 1024) -> Tensor:
+    def per_level_loss(
+        self, denoiser: DenoiserFn, x0: Tensor, seed: int, batch_size: int = 1024, progress: bool = False
+    ) -> Tensor:
         """Unweighted x0 MSE at every grid level on ``x0`` with fixed noise; shape (K,)."""
         out = torch.zeros(len(self.grid), dtype=torch.float64)
         gen = generator(seed, 0x5EED, device=x0.device)
         eps_all = torch.randn(x0.shape, generator=gen, device=x0.device)
-        for k, level in enumerate(self.grid.levels.tolist()):
+        levels = with_progress(self.grid.levels.tolist(), desc=f"validation ({x0.shape[0]} images)", unit="level",
+                               disable=not progress)
+        for k, level in enumerate(levels):
             total = 0.0
             for start in range(0, x0.shape[0], batch_size):
                 clean = x0[start : start + batch_size]

@@ -28,7 +28,7 @@ from torch import Tensor
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.process import DenoiserFn
 from lightning_diff.errors import UserError
-from lightning_diff.progress import with_progress
+from lightning_diff.progress import Ticks
 from lightning_diff.seeding import generator
 
 
@@ -62,14 +62,27 @@ class Sampler:
             raise UserError(f"sampling batch_size must be >= 1, got {batch_size}")
         levels = grid.levels.tolist()[::-1]
         chunks = range(0, len(seeds), batch_size)
-        bar = with_progress(chunks, desc=f"sampling ({self.name}, {len(levels)} levels)", disable=not progress, delay=0)
+        # Counted per denoiser call, so a slow machine (a few seconds a call) shows progress within a batch.
+        ticks = Ticks(len(chunks) * self.calls(len(levels)), desc=f"sampling ({self.name}, {len(levels)} levels)",
+                      unit="call", disable=not progress)
+
+        def counted(y: Tensor, t: Tensor) -> Tensor:
+            out = denoiser(y, t)
+            ticks.tick()
+            return out
+
         outputs = []
-        for start in bar:
+        for start in chunks:
             batch_seeds = seeds[start : start + batch_size]
             gens = [generator(int(s)) for s in batch_seeds]
             noise = _PerSampleNoise(gens, tuple(shape), torch.device(device))
-            outputs.append(self.run(denoiser, levels, noise).float().cpu())
+            outputs.append(self.run(counted, levels, noise).float().cpu())
+        ticks.close()
         return torch.cat(outputs)
+
+    def calls(self, num_levels: int) -> int:
+        """Denoiser calls per batch on a grid of ``num_levels`` levels (one per level)."""
+        return num_levels
 
     def run(self, denoiser: DenoiserFn, levels: list[float], noise: "_PerSampleNoise") -> Tensor:
         """Samples of one batch; ``levels`` descend from the largest noise variance."""
@@ -146,6 +159,9 @@ class DDPM(Sampler):
 
 class Heun(Sampler):
     name = "heun"
+
+    def calls(self, num_levels: int) -> int:
+        return 2 * num_levels - 1  # two per step between levels, one at the last level
 
     def run(self, denoiser: DenoiserFn, levels: list[float], noise: _PerSampleNoise) -> Tensor:
         def d_ve(x: Tensor, t: float) -> Tensor:

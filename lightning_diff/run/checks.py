@@ -18,6 +18,7 @@ RUN_INTEGERS = {
     "num_samples": (0, "samples written at the end (0: none)"),
     "trainer.max_steps": (-1, "training steps (-1: Lightning's epoch limit)"),
     "trainer.log_every_n_steps": (1, "steps between logged training losses"),
+    "closed_form_val_images": (1, "validation images of a closed-form family (null: all)"),
 }
 # Optimizer settings that torch checks only when the first step is taken, with messages that
 # do not name the key: each must be a number >= 0, and the learning rate > 0.
