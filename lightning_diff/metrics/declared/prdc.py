@@ -11,7 +11,7 @@ Each point gets a ball reaching its k-th nearest neighbour in its own set (Eucli
   1 when samples are distributed like the reference, above 1 where they crowd its dense parts;
 - coverage: the share of reference images whose ball holds a sample.
 
-The same numbers as the ``prdc`` package's ``compute_prdc`` (tests/test_metrics.py checks them).
+The same numbers as the ``prdc`` package's ``compute_prdc`` (tests/test_realism.py checks them).
 """
 
 from typing import Any
