@@ -1,7 +1,8 @@
-"""FID embedding throughput: our ``FID.update`` against the bare Inception network.
+"""FID embedding throughput: our feature stage plus ``FID.update`` against the bare Inception network.
 
-Ours: ``lightning_diff.metrics.fid.FID.update`` on generated images in [-1, 1] at 64x64 RGB
-(8-bit quantisation, bilinear resize to 299, the network, float64 feature statistics). The
+Ours: ``lightning_diff.metrics.fid.ImageFeatures`` then ``FID.update`` on generated images in
+[-1, 1] at 64x64 RGB (8-bit quantisation, bilinear resize to 299, the network, float64 feature
+statistics). The
 peer: the same network called alone on images already at 299x299. The network is the
 TorchScript Inception-v3 found the way the package finds it (``LIGHTNING_DIFF_CACHE``, filled
 by ``python -m lightning_diff.prefetch``). Without that file the row says why and measures
@@ -18,9 +19,18 @@ from torch import Tensor, nn
 from benchmarks.measure import interleaved
 from benchmarks.registry import Config
 from benchmarks.report import Row
-from lightning_diff.metrics.fid import FID, INCEPTION_SIZE, WeightsNotFound, load_extractor, resolve_weights
+from lightning_diff.metrics.fid import (
+    FID,
+    INCEPTION_SIZE,
+    ImageFeatures,
+    WeightsNotFound,
+    load_extractor,
+    resolve_weights,
+)
 
-DESCRIPTION = "FID embedding images/s: FID.update (quantise, resize, Inception, statistics) vs the bare network"
+DESCRIPTION = (
+    "FID embedding images/s: ImageFeatures + FID.update (quantise, resize, Inception, statistics) vs the bare network"
+)
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"images": 2, "batch": 2, "repeats": 1},
@@ -63,7 +73,8 @@ def extractor() -> tuple[nn.Module, nn.Module, str]:
 def run(config: Config) -> list[Row]:
     settings, device = config.settings, config.device
     ours_net, bare, what = extractor()
-    metric = FID(ours_net, batch_size=settings["batch"]).to(device)
+    embed = ImageFeatures(ours_net, batch_size=settings["batch"]).to(device)
+    metric = FID(embed.num_features).to(device)
     bare = bare.to(device)
     gen = torch.Generator().manual_seed(0)
     images = (torch.rand(settings["images"], 3, 64, 64, generator=gen) * 2 - 1).to(device)
@@ -71,7 +82,7 @@ def run(config: Config) -> list[Row]:
 
     @torch.no_grad()
     def ours() -> None:
-        metric.update(images)
+        metric.update(embed(images))
 
     @torch.no_grad()
     def peer() -> None:

@@ -1,14 +1,16 @@
-"""``python -m lightning_diff.evaluate ckpt=PATH`` or ``samples=FILE.npz data=<name>``: every metric
-as one JSON object.
+"""``python -m lightning_diff.evaluate ckpt=PATH``, ``samples=FILE.npz data=<name>`` or
+``training_images=N data=<name>``: every metric as one JSON object.
 
-The samples are drawn from a checkpoint (fixed per-sample seeds, EMA weights by default) or
-read from an ``.npz`` (array ``samples``, N x data shape). They are measured against the
-training set of the data config (``data=...``, or the checkpoint's own) with the training
-run's metric settings (``callbacks.measure``): ``memorized_fraction``, ``d1_median`` and the
-other d1 quantiles, ``fid@<n>`` when FID weights are found, the distribution distances for
-synthetic data, and ``agreement_cosine_mean`` against a second model with ``compare=``. The
-JSON goes to stdout (progress and warnings to stderr), to ``out=FILE`` when given, and with
-``wandb=true`` into the run's W&B run under ``eval/``.
+The samples are drawn from a checkpoint (fixed per-sample seeds, EMA weights by default), read
+from an ``.npz`` (array ``samples``, N x data shape), or are N training images of the data
+config measured as if they were samples: the data's own scores, the reference row of a study
+(what "as realistic as the data" reads). They are measured against the training set of the data
+config (``data=...``, or the checkpoint's own) with the top-level ``metrics`` settings:
+``memorized_fraction``, ``d1_median`` and the other d1 quantiles, for images ``fid@<n>``,
+``kid@<n>``, ``precision@<n>``, ... against held-out images when the feature network's weights are
+found, the distribution distances for synthetic data, and ``agreement_cosine_mean`` against a
+second model with ``compare=``. The JSON goes to stdout (progress and warnings to stderr), to
+``out=FILE`` when given, and with ``wandb=true`` into the run's W&B run under ``eval/``.
 """
 
 import json
@@ -26,16 +28,16 @@ from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.agreement import TwoModelAgreement
-from lightning_diff.metrics.fid import WeightsNotFound
-from lightning_diff.metrics.suite import MetricSuite, fid_source
+from lightning_diff.metrics.suite import MetricSuite, plan_measurement
 from lightning_diff.progress import with_progress
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import wandb_run_id, write_json_atomic
 from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.sample import load_denoiser
-from lightning_diff.seeding import sample_seeds
+from lightning_diff.seeding import sample_seeds, seeded_subset
 
 DEFAULT_PROJECT = "lightning_diff"
+_TRAINING_IMAGES_STREAM = 0x7A1
 
 
 def read_samples(path: str | Path) -> torch.Tensor:
@@ -100,38 +102,58 @@ def _agreement(cfg: DictConfig, samples: torch.Tensor) -> dict[str, float]:
     return {key: float(value) for key, value in metric.compute().items()}
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """All metrics of the samples ``cfg`` names, as a flat dict (also printed and written)."""
-    if (cfg.get("ckpt") is None) == (cfg.get("samples") is None):
-        raise UserError("give exactly one of ckpt=PATH (samples are drawn from it) or samples=FILE.npz")
-    settings = plain(cfg.callbacks.measure)
-    project = DEFAULT_PROJECT
-    count = int(cfg.num_samples if cfg.num_samples is not None else settings["num_samples"])
+def training_images(datamodule: Any, count: int, seed: int) -> torch.Tensor:
+    """A seeded choice of ``count`` of the datamodule's training images, to measure as samples."""
+    train = datamodule.train_data
+    if not 1 <= count <= train.shape[0]:
+        raise UserError(
+            f"training_images={count} must be between 1 and the {train.shape[0]} training images of this data; "
+            "lower it, or raise data.num_train"
+        )
+    return train[seeded_subset(train.shape[0], count, seed, _TRAINING_IMAGES_STREAM)]
+
+
+def what_to_measure(cfg: DictConfig) -> tuple[torch.Tensor, Any, str, str]:
+    """The samples ``cfg`` names, the datamodule they are measured against, the W&B project and
+    how the result names its source."""
+    named = [key for key in ("ckpt", "samples", "training_images") if cfg.get(key) is not None]
+    if len(named) != 1:
+        raise UserError(
+            "give exactly one of ckpt=PATH (samples are drawn from it), samples=FILE.npz, or training_images=N "
+            "(the data's own scores)"
+        )
     if cfg.get("ckpt") is not None:
+        count = int(cfg.num_samples)
         if count < 1:
             raise UserError(f"num_samples={count} must be at least 1")
         samples, info = checkpoint_samples(cfg, cfg.ckpt, count)
         data_config = plain(cfg.data) if cfg.get("data") else info["config"]["data"]
-        project = (info["config"].get("logger") or {}).get("project") or project
-    else:
-        samples = read_samples(cfg.samples)
-        if not cfg.get("data"):
-            raise UserError(
-                f"samples={cfg.samples} needs the data they are measured against: add data=<name> (e.g. data=digits)"
-            )
-        data_config = plain(cfg.data)
-    datamodule = build(data_config, "data")
-    train = datamodule.train_data
+        project = (info["config"].get("logger") or {}).get("project") or DEFAULT_PROJECT
+        return samples, build(data_config, "data"), project, str(cfg.ckpt)
+    if not cfg.get("data"):
+        what = f"samples={cfg.samples}" if cfg.get("samples") is not None else f"training_images={cfg.training_images}"
+        raise UserError(f"{what} needs the data they are measured against: add data=<name> (e.g. data=digits)")
+    datamodule = build(plain(cfg.data), "data")
+    if cfg.get("samples") is not None:
+        return read_samples(cfg.samples), datamodule, DEFAULT_PROJECT, str(cfg.samples)
+    count = int(cfg.training_images)
+    images = training_images(datamodule, count, int(cfg.seed))
+    return images, datamodule, DEFAULT_PROJECT, f"training_images={count}"
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """All metrics of the samples ``cfg`` names, as a flat dict (also printed and written)."""
+    samples, datamodule, project, source = what_to_measure(cfg)
     is_image = bool(datamodule.is_image)
-    try:
-        source = fid_source(settings, is_image)
-    except WeightsNotFound as err:
-        print(f"warning: {err}", file=sys.stderr, flush=True)
-        source = None
+    plan = plan_measurement(plain(cfg.metrics), datamodule, is_image)
+    for note in plan.notes:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     device = torch.device(cfg.device)
-    suite = MetricSuite(settings, train, is_image, data_config, source, samples.shape[0]).to(device)
+    suite = MetricSuite(plan, datamodule.train_data, samples.shape[0]).to(device)
     suite.prepare(progress=bool(cfg.progress))
-    batch_size = int(settings["batch_size"])
+    batch_size = int(cfg.batch_size)
+    if batch_size < 1:
+        raise UserError(f"batch_size={batch_size} must be at least 1")
     chunks = range(0, samples.shape[0], batch_size)
     for start in with_progress(chunks, desc="evaluate", disable=not cfg.progress):
         stop = min(start + batch_size, samples.shape[0])
@@ -140,7 +162,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("compare") is not None:
         result.update(_agreement(cfg, samples))
     result["num_samples"] = int(samples.shape[0])
-    result["source"] = str(cfg.ckpt if cfg.get("ckpt") is not None else cfg.samples)
+    result["source"] = source
     text = json.dumps(result, sort_keys=True)
     print(text, flush=True)
     if cfg.get("out"):

@@ -2,10 +2,10 @@
 machine with network, for compute nodes without it.
 
 Downloads the files of the dataset a data config names into ``<cache>/datasets`` (the
-torchvision layout, so ``data.root=<cache>/datasets`` finds them) and the FID weights of
-``callbacks.measure.fid`` into ``<cache>/fid``. Every file is checked against its published
-checksum (torchvision's MD5s for the datasets, SHA-256 for the weights) and refused, with
-nothing written, when it differs. The cache is ``$LIGHTNING_DIFF_CACHE`` (default
+torchvision layout, so ``data.root=<cache>/datasets`` finds them) and the weights of the
+feature network ``metrics.features`` names (FID's, which KID and PRDC share) into ``<cache>/fid``.
+Every file is checked against its published checksum (torchvision's MD5s for the datasets,
+SHA-256 for the weights) and refused, with nothing written, when it differs. The cache is ``$LIGHTNING_DIFF_CACHE`` (default
 ``~/.cache/lightning_diff``) or ``cache=PATH``; at the end it prints the environment variable
 and the config key that point an offline node at it. Base URLs are settings (``urls.<name>``)
 for mirrors.
@@ -26,7 +26,14 @@ from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from lightning_diff.compose import plain
 from lightning_diff.data.images import CelebADataModule, CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_diff.errors import UserError
-from lightning_diff.metrics.fid import KNOWN_WEIGHTS, default_weights_path, package_file, resolve_weights, source_kind
+from lightning_diff.metrics.fid import (
+    KNOWN_WEIGHTS,
+    default_weights_path,
+    feature_settings,
+    package_file,
+    resolve_weights,
+    source_kind,
+)
 from lightning_diff.run.cache import CACHE_ENV, cache_dir, copy_verified, download, file_digest, matches, split_checksum
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 
@@ -168,7 +175,7 @@ def prefetch(cfg: DictConfig) -> dict[str, str]:
     if entry is not None:
         fetched[entry.key] = str(fetch_dataset(entry, root, urls.get(entry.key)))
     if cfg.fid:
-        fetched["fid"] = str(fetch_fid_weights(plain(cfg.callbacks.measure.fid), cache, urls.get("fid")))
+        fetched["fid"] = str(fetch_fid_weights(feature_settings(plain(cfg.metrics.features)), cache, urls.get("fid")))
     if not fetched:
         print("  nothing to fetch: name a dataset with data=<name>, or leave fid=true")
         return fetched
@@ -177,7 +184,7 @@ def prefetch(cfg: DictConfig) -> dict[str, str]:
     if entry is not None:
         print(f"  and train with the data override  data.root={root}")
     if "fid" in fetched:
-        print(f"  (or name the FID weights alone: callbacks.measure.fid.weights={fetched['fid']})")
+        print(f"  (or name the FID weights alone: metrics.features.weights={fetched['fid']})")
     return fetched
 
 

@@ -42,3 +42,11 @@ CALIBRATION_STREAM = 0xCA1B
 def calibration_seeds(seed: int, count: int) -> list[int]:
     """The per-trajectory seeds of a calibration with ``seed``: disjoint from every sample_seeds stream."""
     return [derive_seed(CALIBRATION_STREAM, seed, i) for i in range(count)]
+
+
+def seeded_subset(total: int, count: int | None, *parts: int) -> torch.Tensor:
+    """Sorted indices of a seeded choice of ``min(count, total)`` of ``range(total)`` (all of them
+    with None); the same (total, count, parts) always gives the same indices, and a larger count
+    only adds to them."""
+    order = torch.randperm(total, generator=generator(*parts))
+    return order[: total if count is None else min(count, total)].sort().values

@@ -131,7 +131,10 @@ def test_every_build_has_the_same_signature_and_the_yaml_defaults(name):
 
 # ---------------------------------------------------------------- keys named in messages
 
-GROUPS = ("data", "denoiser", "diffusion", "sampler", "optimizer", "trainer", "callbacks", "lr_schedule", "paths", "logger")
+GROUPS = (
+    "data", "denoiser", "diffusion", "sampler", "optimizer", "trainer", "callbacks", "lr_schedule", "paths", "logger",
+    "metrics",
+)
 NAMED_KEY = re.compile(r"(?<![\w.])(" + "|".join(GROUPS) + r")((?:\.[a-z_][a-z0-9_]*)+)")
 
 

@@ -61,13 +61,13 @@ def test_a_fid_weights_file_with_the_wrong_checksum_stops_the_run_before_trainin
     weights.write_bytes(b"not the published network")
     result = run_module(
         "lightning_diff.train", "trainer=cpu", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", "data=digits",
-        "denoiser=empirical", f"callbacks.measure.fid.weights={weights}",
+        "denoiser=empirical", f"metrics.features.weights={weights}",
     )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     found = file_digest(weights)
     published = KNOWN_WEIGHTS["torchscript"].checksum.split(":")[1]
-    assert line.startswith(f"error: callbacks.measure.fid.weights={weights} has sha256 {found}, expected {published}")
+    assert line.startswith(f"error: metrics.features.weights={weights} has sha256 {found}, expected {published}")
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "run.json").exists()
 
 

@@ -92,14 +92,15 @@ def test_evaluate_a_sample_file_with_fid(tmp_path: Path, empty_cache: Path, caps
         "evaluate",
         *DIGITS,
         f"samples={samples}",
-        f"callbacks.measure.fid.weights={inception_file()}",
-        "callbacks.measure.fid.reference_count=8",
+        f"metrics.features.weights={inception_file()}",
+        "metrics.reference.count=8",
         "progress=false",
     )
     result = evaluate(cfg)
     assert json.loads(capsys.readouterr().out) == result
     assert result["memorized_fraction"] == 1.0 and result["d1_median"] == pytest.approx(0, abs=1e-6)
-    assert result["fid@8"] > 0  # 8 other images than the 8 reference ones
+    # digits has no test split: the reference is 8 training images, and the names say so.
+    assert result["fid_train@8"] > 0 and "kid_train@8" in result and "precision_train@8" in result
 
 
 def test_evaluate_bad_input(tmp_path: Path, empty_cache: Path) -> None:

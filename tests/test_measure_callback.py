@@ -1,5 +1,5 @@
 """The measuring callback: what a training run leaves in its offline W&B run, and how it
-behaves without FID weights or with a bad metric list."""
+behaves without FID weights or with a bad metric setting."""
 
 import json
 import struct
@@ -96,8 +96,8 @@ def test_training_run_leaves_measurements_in_the_offline_wandb_run(
         "callbacks.measure.every_n_steps=2",
         "callbacks.measure.num_samples=8",
         "callbacks.measure.grid_size=8",
-        f"callbacks.measure.fid.weights={inception}",
-        "callbacks.measure.fid.reference_count=8",
+        f"metrics.features.weights={inception}",
+        "metrics.reference.count=8",
     )
     train(cfg)
 
@@ -105,7 +105,9 @@ def test_training_run_leaves_measurements_in_the_offline_wandb_run(
     assert [row["trainer/global_step"] for row in rows] == [2, 4]  # every 2 steps; the end is step 4
     last = rows[-1]
     assert 0.0 <= last["measure/memorized_fraction"] <= 1.0
-    assert last["measure/fid@8"] > 0
+    # digits has no test split: realism is read against training images, and the names say so.
+    assert last["measure/fid_train@8"] > 0
+    assert {"measure/kid_train@8", "measure/kid_std_train@8", "measure/precision_train@8"} <= set(last)
     assert last["measure/d1_median"] > 0
     assert last["measure/d1_histogram/_type"] == "histogram"  # W&B stores logged objects as nested keys
 
@@ -157,10 +159,10 @@ def test_cached_fid_weights_with_the_wrong_checksum_give_one_warning_and_no_fid(
 
 
 def test_bad_measure_settings_stop_the_run_before_training(tmp_path: Path) -> None:
-    cfg = train_config(tmp_path / "run", *QUICK, "callbacks.measure.metrics=[memorization,inception_score]")
-    with pytest.raises(UserError, match="inception_score unknown; choose from memorization, fid, distribution"):
+    cfg = train_config(tmp_path / "run", *QUICK, "+metrics.inception_score.enabled=true")
+    with pytest.raises(UserError, match="metrics.inception_score: no metric of that name; the declared metrics are"):
         train(cfg)
-    cfg = train_config(tmp_path / "run2", *QUICK, "callbacks.measure.fid.weights=/nonexistent/inception.pt")
-    with pytest.raises(UserError, match="callbacks.measure.fid.weights=/nonexistent/inception.pt: no such file"):
+    cfg = train_config(tmp_path / "run2", *QUICK, "metrics.features.weights=/nonexistent/inception.pt")
+    with pytest.raises(UserError, match="metrics.features.weights=/nonexistent/inception.pt: no such file"):
         train(cfg)
     assert not (tmp_path / "run2" / "checkpoints" / "last.ckpt").exists()

@@ -1,5 +1,5 @@
 """Metrics: FID with the TorchScript Inception, memorization, distribution distances, two-model
-agreement, their DDP sync, and their bad-input messages."""
+agreement, the whole measurement's DDP sync, and their bad-input messages."""
 
 import socket
 import time
@@ -23,15 +23,17 @@ from lightning_diff.metrics.distribution import DistributionDistance
 from lightning_diff.metrics.fid import (
     FID,
     KNOWN_WEIGHTS,
+    ImageFeatures,
     WeightsNotFound,
     load_extractor,
     metric_name,
     package_file,
-    prepare_reference,
+    reference_features,
     resolve_weights,
 )
 from lightning_diff.metrics.memorization import Memorization
 from lightning_diff.metrics.nearest import nearest_two
+from lightning_diff.metrics.suite import MetricSuite, plan_measurement
 from lightning_diff.run.cache import file_digest
 
 FID_IMAGES = 200  # per Fashion-MNIST subset; Inception embeds ~6 images/s on 2 cores
@@ -83,18 +85,19 @@ def fid_run() -> dict:
     subset_a, subset_b = images[:FID_IMAGES], images[FID_IMAGES:]
     noise = torch.randn(NOISE_IMAGES, 1, 28, 28, generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
     recorder = Recording(load_extractor(source))
-    metric = FID(recorder, batch_size=50)
+    embed = ImageFeatures(recorder, batch_size=50)
+    metric = FID(embed.num_features)
     started = time.perf_counter()
-    metric.update(subset_a, real=True)
+    metric.set_reference(embed(subset_a))
     features_a = np.concatenate(recorder.outputs)
     recorder.outputs.clear()
-    metric.update(subset_b)
+    metric.update(embed(subset_b))
     embed_seconds = time.perf_counter() - started
     features_b = np.concatenate(recorder.outputs)
     recorder.outputs.clear()
     fid_ab = float(metric.compute())
     metric.reset()  # keeps the reference (real) statistics
-    metric.update(noise)
+    metric.update(embed(noise))
     features_noise = np.concatenate(recorder.outputs)
     fid_noise = float(metric.compute())
     print(f"\nFID(A, B) = {fid_ab:.3f}; FID(A, noise) = {fid_noise:.3f}; "
@@ -111,11 +114,10 @@ def test_fid_orders_real_above_noise_and_matches_scipy(fid_run: dict) -> None:
 
 
 @pytest.mark.slow
-def test_fid_reference_statistics_survive_a_round_trip(fid_run: dict) -> None:
+def test_fid_keeps_the_reference_features_it_was_given(fid_run: dict) -> None:
     metric = fid_run["metric"]
-    moments = metric.reference()
-    assert moments.count == FID_IMAGES
-    np.testing.assert_allclose(moments.total.numpy(), fid_run["a"].sum(axis=0), rtol=1e-6, atol=1e-6)
+    assert int(metric.real_features_num_samples) == FID_IMAGES
+    np.testing.assert_allclose(metric.real_features_sum.numpy(), fid_run["a"].sum(axis=0), rtol=1e-6, atol=1e-6)
 
 
 def test_metric_name_carries_the_sample_count() -> None:
@@ -140,30 +142,28 @@ def tiny_timm_settings(tmp_path: Path) -> dict:
     }
 
 
-def test_fid_with_a_timm_feature_network_and_a_cached_reference(tmp_path: Path) -> None:
+def test_fid_with_a_timm_feature_network_and_cached_reference_features(tmp_path: Path) -> None:
     source = resolve_weights(tiny_timm_settings(tmp_path))
     assert source.name == "fd_test_vit"
-    extractor = Recording(load_extractor(source))
+    recorder = Recording(load_extractor(source))
+    embed = ImageFeatures(recorder, batch_size=16)
     train = torch.rand(40, 1, 8, 8) * 2 - 1
-    metric = FID(extractor, name=source.name, batch_size=16)
     cache = tmp_path / "cache"
-    path = prepare_reference(metric, train, source, {"_target_": "x"}, cache=cache, progress=False)
-    assert path.is_file() and sum(len(o) for o in extractor.outputs) == 40
-    extractor.outputs.clear()
-    again = FID(extractor, name=source.name, batch_size=16)
-    assert prepare_reference(again, train, source, {"_target_": "x"}, cache=cache, progress=False) == path
-    assert extractor.outputs == []  # read from the cache, nothing embedded
-    assert torch.equal(again.reference().outer, metric.reference().outer)
-    # Another data config is another cache entry.
-    other = prepare_reference(
-        FID(extractor, batch_size=16), train, source, {"_target_": "y"}, cache=cache, progress=False
-    )
-    assert other != path
-    again.update(train[:20])
-    same = float(again.compute())
-    again.reset()
-    again.update(torch.rand(20, 1, 8, 8) * 0.1 - 1)  # nearly black images
-    assert same < float(again.compute())
+    features = reference_features(embed, train, source, {"split": "test"}, cache=cache, progress=False)
+    assert features.shape == (40, 64) and sum(len(o) for o in recorder.outputs) == 40
+    recorder.outputs.clear()
+    again = reference_features(embed, train, source, {"split": "any"}, cache=cache, progress=False)
+    assert recorder.outputs == []  # read from the cache (keyed by the images, not their description): nothing embedded
+    assert torch.equal(again, features)
+    reference_features(embed, train[:20], source, {"split": "test"}, cache=cache, progress=False)
+    assert len(list((cache / "reference_features").glob("fd_test_vit-*.pt"))) == 2  # other images, another entry
+    metric = FID(embed.num_features, name=source.name)
+    metric.set_reference(features)
+    metric.update(embed(train[:20]))
+    same = float(metric.compute())
+    metric.reset()
+    metric.update(embed(torch.rand(20, 1, 8, 8) * 0.1 - 1))  # nearly black images
+    assert same < float(metric.compute())
 
 
 def test_missing_and_bad_fid_weights(tmp_path: Path) -> None:
@@ -180,7 +180,8 @@ def test_missing_and_bad_fid_weights(tmp_path: Path) -> None:
     fake.write_bytes(b"not an inception")
     found = file_digest(fake)
     published = KNOWN_WEIGHTS["torchscript"].checksum.split(":")[1]
-    with pytest.raises(WeightsNotFound, match=f"FID is skipped: {fake} has sha256 {found}, expected {published}"):
+    skipped = f"FID is skipped, and so are KID and PRDC .*: {fake} has sha256 {found}, expected {published}"
+    with pytest.raises(WeightsNotFound, match=skipped):
         resolve_weights({"source": "torchscript"}, cache=tmp_path)
     with pytest.raises(UserError, match=f"weights={fake} has sha256 {found}, expected {'0' * 64}") as refused:
         resolve_weights({"source": "torchscript", "weights": str(fake), "sha256": "0" * 64})
@@ -223,7 +224,8 @@ def test_a_packaged_fid_weights_file_with_the_wrong_checksum_is_never_used(
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("LIGHTNING_DIFF_FID_FROM_PACKAGE", "1")
     found = file_digest(package / "default_1.pt")
-    with pytest.raises(WeightsNotFound, match=f"FID is skipped: {package / 'default_1.pt'} has sha256 {found}, expected"):
+    shipped = package / "default_1.pt"
+    with pytest.raises(WeightsNotFound, match=f"FID is skipped.*: {shipped} has sha256 {found}, expected"):
         resolve_weights({"source": "torchscript"}, cache=tmp_path / "cache")
 
 
@@ -362,25 +364,41 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _measure(samples: torch.Tensor, train: torch.Tensor, settings: dict, cache: Path, rank: int, world: int) -> dict:
-    source = resolve_weights(settings)
-    memorization = Memorization(train)
-    fid = FID(load_extractor(source), name=source.name, batch_size=8)
-    prepare_reference(fid, train, source, {"_target_": "ddp-test"}, cache=cache, progress=False)
+class Splits:
+    """A datamodule's training set and test split as tensors: what the measurement plan reads of data."""
+
+    def __init__(self, train: torch.Tensor, test: torch.Tensor) -> None:
+        self.train_data, self.test = train, test
+
+    def test_subset(self, count: int | None, seed: int) -> torch.Tensor:
+        return self.test if count is None else self.test[:count]
+
+
+def _measure(samples, train, test, features: dict, cache: Path, rank: int, world: int) -> dict:
+    settings = {
+        "features": features,
+        "reference": {"count": None},
+        "memorization": {},
+        "fid": {},
+        "kid": {"subsets": 5, "subset_size": 12},
+        "prdc": {"nearest_k": 3},
+    }
+    plan = plan_measurement(settings, Splits(train, test), is_image=True)
+    suite = MetricSuite(plan, train, len(samples), cache=cache)
     first, last = rank * len(samples) // world, (rank + 1) * len(samples) // world
-    memorization.update(samples[first:last], index=torch.arange(first, last))
-    fid.update(samples[first:last])
-    values = {key: float(value) for key, value in memorization.compute().items()}
-    values["fid"] = float(fid.compute())
-    values["nearest"] = memorization.per_sample().nearest
+    # Uneven pieces: the processes update different numbers of times, yet the gathered states keep the order.
+    for index in torch.arange(first, last).split(3 if rank == 0 else 5):
+        suite.update(samples[index], index=index)
+    values = suite.compute()
+    values["nearest"] = suite.neighbours().nearest
     return values
 
 
-def _ddp_worker(rank: int, port: int, samples, train, settings, cache, out) -> None:
+def _ddp_worker(rank: int, port: int, samples, train, test, features, cache, out) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        values = _measure(samples, train, settings, cache, rank, 2)
+        values = _measure(samples, train, test, features, cache, rank, 2)
         if rank == 0:
             torch.save(values, out)
     finally:
@@ -388,14 +406,15 @@ def _ddp_worker(rank: int, port: int, samples, train, settings, cache, out) -> N
 
 
 @pytest.mark.slow
-def test_memorization_and_fid_under_two_ddp_processes_equal_one(tmp_path: Path) -> None:
+def test_the_measurement_under_two_ddp_processes_equals_one(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(4)
     train = torch.rand(60, 1, 8, 8, generator=gen) * 2 - 1
+    test = torch.rand(30, 1, 8, 8, generator=gen) * 2 - 1
     samples = torch.cat([train[:7], torch.rand(10, 1, 8, 8, generator=gen) * 2 - 1])  # 7 copies of 17
-    settings = tiny_timm_settings(tmp_path)
-    single = _measure(samples, train, settings, tmp_path / "cache_single", 0, 1)
+    features = tiny_timm_settings(tmp_path)
+    single = _measure(samples, train, test, features, tmp_path / "cache_single", 0, 1)
     out = tmp_path / "ddp.pt"
-    args = (_free_port(), samples, train, settings, tmp_path / "cache_ddp", out)
+    args = (_free_port(), samples, train, test, features, tmp_path / "cache_ddp", out)
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     spread = torch.load(out, weights_only=True)
     assert single["memorized_fraction"] == spread["memorized_fraction"] == pytest.approx(7 / 17)
@@ -403,5 +422,7 @@ def test_memorization_and_fid_under_two_ddp_processes_equal_one(tmp_path: Path) 
                 "memorized_fraction_high"):
         assert spread[key] == pytest.approx(single[key], rel=1e-6)
     assert torch.equal(spread["nearest"], single["nearest"])
-    assert spread["fid"] == pytest.approx(single["fid"], rel=1e-5)
-    assert (tmp_path / "cache_ddp").is_dir()  # rank 0 cached the reference it gathered
+    assert {"fd_test_vit@17", "kd_test_vit@17", "kd_test_vit_std@17", "coverage_test_vit@17"} <= set(single)
+    for key in set(single) - {"nearest"}:
+        assert spread[key] == pytest.approx(single[key], rel=1e-5, abs=1e-9), key
+    assert (tmp_path / "cache_ddp").is_dir()  # rank 0 cached the reference features it gathered

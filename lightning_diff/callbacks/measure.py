@@ -1,5 +1,6 @@
 """Measure a run while it trains: every ``every_n_steps`` steps and at the end of training,
-sample with fixed seeds from the EMA weights, compute the configured metrics, and log them.
+sample with fixed seeds from the EMA weights, compute the metrics the top-level ``metrics``
+node configures, and log them.
 
 Every logger gets the numbers (``measure/memorized_fraction``, ``measure/fid@64``, ...); a
 W&B logger also gets, in the same history row, a grid of samples, a grid pairing each sample
@@ -24,9 +25,8 @@ from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import nearest_grid, sample_grid
-from lightning_diff.metrics.fid import FeatureSource, WeightsNotFound
 from lightning_diff.metrics.memorization import NearestNeighbours
-from lightning_diff.metrics.suite import MetricSuite, fid_source, metric_names
+from lightning_diff.metrics.suite import MeasurementPlan, MetricSuite, plan_measurement
 from lightning_diff.module import DiffusionModule
 from lightning_diff.progress import with_progress
 from lightning_diff.seeding import sample_seeds
@@ -37,24 +37,14 @@ TABLE_COLUMNS = ["index", "seed", "d1", "d2", "ratio", "memorized", "nearest_ind
 PROGRESS_DELAY_S = 3.0
 
 
-def resolve_fid(settings: Mapping[str, Any], is_image: bool) -> FeatureSource | None:
-    """The FID weights, or None after one warning when there are none (training goes on)."""
-    try:
-        return fid_source(settings, is_image)
-    except WeightsNotFound as err:
-        rank_zero_warn(str(err))
-        return None
-
-
 class Measure(L.Callback):
     """Sample, measure and log during training.
 
     Args:
         train: the training set (N, *data_shape).
         is_image: whether the data are images in [-1, 1].
-        data_config: the data config (keys the cached FID reference statistics).
-        settings: the ``callbacks.measure`` node: every_n_steps, num_samples, batch_size,
-            grid_size, metrics, memorization, fid, distribution.
+        settings: the ``callbacks.measure`` node: every_n_steps, num_samples, batch_size, grid_size.
+        plan: what is measured (:func:`~lightning_diff.metrics.suite.plan_measurement` of the ``metrics`` node).
         sampler: the sampler name (``ddim``, ``ddpm``, ``heun``); the run's own grid is used.
         seed: sample i is drawn from seed ``derive_seed(seed, i)``, the same at every measurement.
         ema: the EMA callback whose weights are sampled (None: the raw weights).
@@ -64,8 +54,8 @@ class Measure(L.Callback):
         self,
         train: Tensor,
         is_image: bool,
-        data_config: Mapping[str, Any],
         settings: Mapping[str, Any],
+        plan: MeasurementPlan,
         sampler: str,
         seed: int,
         ema: EMA | None = None,
@@ -80,17 +70,15 @@ class Measure(L.Callback):
                 "callbacks.measure needs every_n_steps >= 0 (0: only at the end), num_samples >= 2, batch_size >= 1 "
                 f"and grid_size >= 0; got {self.every_n_steps}, {self.num_samples}, {self.batch_size}, {self.grid_size}"
             )
-        metric_names(settings)
         self.train = train
         self.data_shape = tuple(train.shape[1:])
         self.is_image = is_image
-        self.data_config = dict(data_config)
-        self.settings = dict(settings)
+        self.plan = plan
+        for note in plan.notes:
+            rank_zero_warn(note)
         self.sampler = make_sampler(sampler).name  # checked now, drawn with by name
         self.seed = seed
         self.ema = ema
-        # Resolved (and checksum-verified) now, so a bad weights file stops the run before training.
-        self.source = resolve_fid(settings, is_image)
         self.suite: MetricSuite | None = None
         self.history: list[dict[str, float]] = []
         self._last_step: int | None = None
@@ -104,9 +92,7 @@ class Measure(L.Callback):
                 f"callbacks.measure.num_samples={self.num_samples} is below the world size {trainer.world_size}; "
                 "every process needs at least one sample"
             )
-        self.suite = MetricSuite(
-            self.settings, self.train, self.is_image, self.data_config, self.source, self.num_samples
-        ).to(trainer.strategy.root_device)
+        self.suite = MetricSuite(self.plan, self.train, self.num_samples).to(trainer.strategy.root_device)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -187,8 +173,8 @@ class Measure(L.Callback):
             logger.log_metrics(payload, step=step)
 
     def _rows(self, neighbours: NearestNeighbours, seeds: list[int]) -> list[list[Any]]:
-        assert self.suite is not None and self.suite.memorization is not None
-        ratio = self.suite.memorization.ratio
+        assert self.suite is not None
+        ratio = self.suite.metrics["memorization"].ratio
         rows = []
         for i, d1, d2, near in zip(
             neighbours.index.tolist(), neighbours.d1.tolist(), neighbours.d2.tolist(), neighbours.nearest.tolist()
@@ -198,31 +184,23 @@ class Measure(L.Callback):
 
 
 def measure_for_run(
-    run: RunContext,
-    *,
-    enabled: bool,
-    every_n_steps: int,
-    num_samples: int,
-    batch_size: int,
-    grid_size: int,
-    metrics: list[str],
-    memorization: dict[str, Any],
-    distribution: dict[str, Any],
-    fid: dict[str, Any],
+    run: RunContext, *, enabled: bool, every_n_steps: int, num_samples: int, batch_size: int, grid_size: int
 ) -> Measure | None:
-    """The measurement of a run (``callbacks.measure`` plus the metrics group), or None when off."""
+    """The measurement of a run (``callbacks.measure``: when and how many samples; the top-level
+    ``metrics`` node: what is measured), or None when off."""
     if not enabled:
         return None
-    settings = dict(
-        every_n_steps=every_n_steps, num_samples=num_samples, batch_size=batch_size, grid_size=grid_size,
-        metrics=metrics, memorization=memorization, distribution=distribution, fid=fid,
-    )
+    settings = {
+        "every_n_steps": every_n_steps, "num_samples": num_samples, "batch_size": batch_size, "grid_size": grid_size
+    }
+    is_image = bool(run.datamodule.is_image)
     ema = run.built.get("ema")
     return Measure(
         train=run.datamodule.train_data,
-        is_image=bool(run.datamodule.is_image),
-        data_config=plain(run.cfg.data),
+        is_image=is_image,
         settings=settings,
+        # Planned now, so a bad weights file or setting stops the run before training.
+        plan=plan_measurement(plain(run.cfg.metrics), run.datamodule, is_image),
         sampler=str(run.cfg.sampler.name),
         seed=int(run.cfg.sample_seed),
         ema=ema if isinstance(ema, EMA) else None,

@@ -107,6 +107,10 @@ class TensorDataModule(L.LightningDataModule):
         assert self._val is not None
         return self._val
 
+    def test_subset(self, count: int | None, seed: int) -> Tensor | None:
+        """``count`` images of the dataset's test split (seeded), or None: this data has none."""
+        return None
+
     @property
     def data_shape(self) -> tuple[int, ...]:
         return tuple(self.train_data.shape[1:])

@@ -26,7 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from lightning_diff.data.base import TensorDataModule
 from lightning_diff.data.idx import read_idx
 from lightning_diff.errors import UserError
-from lightning_diff.seeding import generator
+from lightning_diff.seeding import generator, seeded_subset
 
 SPLITS = ("full", "half_a", "half_b")
 CHANNELS = (1, 3)
@@ -38,6 +38,7 @@ CHUNK = 2048
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _SUBSET_STREAM = 0x5B5E7
 _TEST_STREAM = 0x7E57
+_REFERENCE_STREAM = 0x4EF
 
 
 class RawImages:
@@ -259,6 +260,14 @@ class ImageDataModule(TensorDataModule):
                 result[rows] = batch
         assert result is not None, "select() never returns an empty set of indices"
         return result
+
+    def test_subset(self, count: int | None, seed: int) -> Tensor | None:
+        """A seeded choice of ``count`` test-split images (all with None; at most all), converted like
+        the training images; None when the dataset has no test split. No run trains on these."""
+        raw = self.test_images()
+        if raw is None:
+            return None
+        return self.convert(raw, seeded_subset(len(raw), count, seed, _REFERENCE_STREAM))
 
     def build(self) -> tuple[Tensor, Tensor]:
         train_raw, test_raw = self.train_images(), self.test_images()

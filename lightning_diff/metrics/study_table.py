@@ -5,6 +5,7 @@ comparisons with the reference across training seeds. ``python -m lightning_diff
 
 from typing import Any
 
+from lightning_diff.metrics.declared import measured_columns
 from lightning_diff.metrics.intervals import Interval
 from lightning_diff.metrics.same_noise import Floor, SameNoise, agreements, beyond_floor, reference_comparisons
 from lightning_diff.run.study import CONVERGENCE_TOLERANCE, Run, convergence
@@ -57,11 +58,6 @@ HEADINGS = {
     "wall_time_s": "wall time (s)",
     "run": "run",
 }
-def fid_columns(runs: list[Run]) -> list[str]:
-    """The FID keys any run measured (``fid@64``, ``fd_<model>@1k``, ...), sorted."""
-    return sorted({key for run in runs for key in run.measure if key.startswith(("fid@", "fd_"))})
-
-
 def explanation_columns(explained: dict[int, dict[str, Any]]) -> list[str]:
     """``r2 vs <explainer>`` for every explainer, ``removes <machine>`` for every machine, the best."""
     if not explained:
@@ -124,7 +120,7 @@ def rows(
     (:func:`~lightning_diff.metrics.same_noise.agreements`)."""
     explained = explained or {}
     explaining = explanation_columns(explained)
-    fids = fid_columns(runs)
+    fids = measured_columns(runs, shown=FIXED_COLUMNS)
     agreement = agreements(runs) if agreement is None else agreement
     vs_reference = reference_comparisons(runs, reference, list(controls or []))
     table = []

