@@ -4,7 +4,7 @@ machine's knob that best predicts a trained network (Kamb & Ganguli's calibratio
 The reference's sampler is run from ``num_samples`` calibration seeds (their own stream,
 :func:`lightning_diff.seeding.calibration_seeds`, disjoint from every evaluation seed: a knob is
 never scored on the trajectories that chose it) and every denoiser call recorded
-(:func:`lightning_diff.compare.denoiser_calls`); at each grid level the machine with each
+(:meth:`lightning_diff.trained.TrainedRun.calls`); at each grid level the machine with each
 candidate knob denoises the same states, and the median r^2 against the reference's outputs
 there ranks the candidates. ``local_score`` chooses one patch size per level; ``pca_locality`` one
 threshold for all levels (its knob is global: the highest mean over levels). Written to ``out``
@@ -25,18 +25,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from lightning_diff.compare import denoiser_calls, first_calls, median_r2
-from lightning_diff.compose import build
 from lightning_diff.denoisers import local_score, pca_locality
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.figures.plots import calibration_figure
+from lightning_diff.metrics.r2 import median_r2
+from lightning_diff.progress import with_progress
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
 from lightning_diff.run.wandb_log import log_to_wandb
-from lightning_diff.sample import load_denoiser
 from lightning_diff.seeding import calibration_seeds
+from lightning_diff.trained import TrainedRun
 
 # pca_locality's thresholds tried when candidates=null: 0 (real-valued weights) up to a tenth of the largest gain.
 THRESHOLDS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -109,20 +109,17 @@ def held_out(seeds: list[int], ref: Path) -> None:
 
 
 @torch.no_grad()
-def r2_table(cfg: DictConfig, reference: Any, info: dict[str, Any], choice: Knob, seeds: list[int]) -> list[list[float]]:
+def r2_table(cfg: DictConfig, reference: TrainedRun, choice: Knob, seeds: list[int]) -> list[list[float]]:
     """Median single-step r^2 per grid level (highest noise first) and candidate."""
-    shape = tuple(info["data_shape"])
-    grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
-    calls = first_calls(denoiser_calls(reference, info, str(info["config"]["sampler"]["name"]), seeds, str(cfg.device)))
-    datamodule = build(info["config"]["data"], "data")
-    datamodule.setup("fit")
+    calls = reference.calls(seeds, str(cfg.device))
+    train = reference.datamodule().train_data.to(cfg.device)
     table = [[0.0] * len(choice.candidates) for _ in calls]
-    for column, value in enumerate(choice.candidates):
-        machine = choice.machine(shape, grid, value).to(cfg.device)
-        machine.fit_data(datamodule.train_data.to(cfg.device))
-        for row, (t, y, out) in enumerate(calls):
-            levels = torch.full((y.shape[0],), t, device=cfg.device)
-            table[row][column] = median_r2(out, machine(y.to(cfg.device), levels).cpu())
+    for column, value in enumerate(with_progress(choice.candidates, desc=f"calibrate ({choice.name})", unit="candidate")):
+        machine = choice.machine(reference.data_shape, reference.grid, value).to(cfg.device)
+        machine.fit_data(train)
+        for row, call in enumerate(calls):
+            levels = torch.full((call.y.shape[0],), call.t, device=cfg.device)
+            table[row][column] = median_r2(call.x0, machine(call.y.to(cfg.device), levels).cpu())
     return table
 
 
@@ -131,15 +128,15 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
     ref = Path(str(cfg.ref)).expanduser()
     if not checkpoint_path(ref).is_file():
         raise UserError(f"ref={cfg.ref}: no run directory with checkpoints/last.ckpt; point it at a finished run")
-    reference, info = load_denoiser(checkpoint_path(ref), str(cfg.weights))
-    if len(info["data_shape"]) != 3:
-        raise UserError(f"ref={cfg.ref} was trained on data of shape {info['data_shape']}; local machines need images")
-    choice = knob(cfg, tuple(info["data_shape"]))
+    reference = TrainedRun.load(ref, str(cfg.weights)).to(cfg.device)
+    if len(reference.data_shape) != 3:
+        raise UserError(f"ref={cfg.ref} was trained on data of shape {reference.data_shape}; local machines need images")
+    choice = knob(cfg, reference.data_shape)
     seeds = calibration_seeds(int(cfg.seed), int(cfg.num_samples))
     held_out(seeds, ref)
-    table = r2_table(cfg, reference.to(cfg.device), info, choice, seeds)
+    table = r2_table(cfg, reference, choice, seeds)
     chosen = choice.choose(table)
-    levels = sorted(info["grid"], reverse=True)
+    levels = reference.grid.levels.tolist()[::-1]
     recipe = {"seed": int(cfg.seed), "num_samples": int(cfg.num_samples)}
     overrides = [
         f"denoiser={cfg.machine}",

@@ -43,8 +43,6 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor
 
-from lightning_diff.diffusion.draw import draw_samples
-from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import difference_grid
 from lightning_diff.figures.plots import per_level_figure
@@ -55,7 +53,7 @@ from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
 from lightning_diff.run.wandb_log import log_to_wandb
-from lightning_diff.sample import load_denoiser
+from lightning_diff.trained import TrainedRun, same_levels
 
 # The summaries of per-sample values compare reports, each with an interval over samples:
 # (the summary's key, the per-sample values' key, the statistic).
@@ -142,57 +140,23 @@ def final_samples(a: Side, b: Side, options: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def denoiser_calls(denoiser: torch.nn.Module, info: dict[str, Any], sampler: str, seeds: list[int], device: str) -> list:
-    """Every (t, y, x0_hat) the sampler asks of ``denoiser`` from ``seeds``, in order (highest noise first)."""
-    calls: list[tuple[float, Tensor, Tensor]] = []
-
-    def recorded(y: Tensor, t: Tensor) -> Tensor:
-        out = denoiser(y, t)
-        calls.append((float(t[0]), y.detach().cpu(), out.detach().cpu()))
-        return out
-
-    grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
-    draw_samples(
-        recorded, grid, info["data_shape"], seeds, sampler=sampler, batch_size=len(seeds),
-        is_image=info["is_image"], device=device,
-    )
-    return calls
-
-
-def first_calls(calls: list) -> list[tuple[float, Tensor, Tensor]]:
-    """The first (t, y, x0_hat) at each level, highest noise first (Heun asks twice at a level:
-    its first state there is the one compared)."""
-    first: dict[float, tuple[float, Tensor, Tensor]] = {}
-    for t, y, out in calls:
-        first.setdefault(round(t, 12), (t, y, out))
-    return list(first.values())
-
-
-def median_r2(reference: Tensor, other: Tensor) -> float:
-    metric = SameNoiseR2()
-    metric.update(reference, other)
-    return float(metric.compute()["r2_samples_median"])
-
-
 @torch.no_grad()
 def per_level_r2(a: Side, b: Side, weights: str, device: str, options: dict[str, Any]) -> dict[str, Any]:
     """Single-step and trajectory median r^2 per denoiser call and their intervals over samples
     (both sides need checkpoints)."""
     assert a.run_dir is not None and b.run_dir is not None
-    denoiser_a, info_a = load_denoiser(checkpoint_path(a.run_dir), weights)
-    denoiser_b, info_b = load_denoiser(checkpoint_path(b.run_dir), weights)
-    if not same_grid(info_a["grid"], info_b["grid"]):
+    run_a, run_b = TrainedRun.load(a.run_dir, weights).to(device), TrainedRun.load(b.run_dir, weights).to(device)
+    if not same_levels(run_a.grid, run_b.grid):
         raise UserError(f"the runs {a.run_dir} and {b.run_dir} were trained on different grids; compare runs on one grid")
-    sampler = str(info_a["config"]["sampler"]["name"])
-    denoiser_a, denoiser_b = denoiser_a.to(device), denoiser_b.to(device)
-    calls_a = denoiser_calls(denoiser_a, info_a, sampler, a.seeds, device)
-    calls_b = denoiser_calls(denoiser_b, info_b, sampler, a.seeds, device)
+    run_b.sampler = run_a.sampler  # both trajectories with a's sampler, from a's seeds
+    calls_a = run_a.calls(a.seeds, device, first_per_level=False)
+    calls_b = run_b.calls(a.seeds, device, first_per_level=False)
     single = [
-        per_sample_r2(out, denoiser_b(y.to(device), torch.full((y.shape[0],), t, device=device)).cpu())
-        for t, y, out in calls_a
+        per_sample_r2(call.x0, run_b.denoiser(call.y.to(device), torch.full((call.y.shape[0],), call.t, device=device)).cpu())
+        for call in calls_a
     ]
-    trajectory = [per_sample_r2(out_a, out_b) for (_, _, out_a), (_, _, out_b) in zip(calls_a, calls_b)]
-    result: dict[str, Any] = {"levels_called": [t for t, _, _ in calls_a], "sampler": sampler}
+    trajectory = [per_sample_r2(call_a.x0, call_b.x0) for call_a, call_b in zip(calls_a, calls_b)]
+    result: dict[str, Any] = {"levels_called": [call.t for call in calls_a], "sampler": repr(run_a.sampler)}
     for name, per_level in (("single_step", single), ("trajectory", trajectory)):
         intervals = [bootstrap(r2, nan_median, **options) for r2 in per_level]
         result[f"r2_{name}_per_level"] = [interval.value for interval in intervals]

@@ -24,8 +24,6 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_diff.compose import build, plain
-from lightning_diff.diffusion.draw import draw_samples
-from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.suite import MetricSuite, plan_measurement
@@ -33,8 +31,8 @@ from lightning_diff.progress import with_progress
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import wandb_run_id, write_json_atomic
 from lightning_diff.run.wandb_log import log_to_wandb
-from lightning_diff.sample import load_denoiser
 from lightning_diff.seeding import sample_seeds, seeded_subset
+from lightning_diff.trained import TrainedRun
 
 DEFAULT_PROJECT = "lightning_diff"
 _TRAINING_IMAGES_STREAM = 0x7A1
@@ -67,23 +65,12 @@ def read_samples(path: str | Path) -> torch.Tensor:
     return samples
 
 
-def checkpoint_samples(cfg: DictConfig, ckpt: str | Path, count: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``count`` samples of a checkpoint from the seeds ``derive_seed(cfg.seed, i)``, and its stored description."""
-    denoiser, info = load_denoiser(ckpt, cfg.weights)
-    run_sampler = info["config"]["sampler"]
-    device = torch.device(cfg.device)
-    samples = draw_samples(
-        denoiser.to(device),
-        NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64)),
-        info["data_shape"],
-        sample_seeds(int(cfg.seed), count),
-        sampler=cfg.sampler.name if cfg.get("sampler") else run_sampler["name"],
-        batch_size=int(cfg.sampler.batch_size if cfg.get("sampler") else run_sampler["batch_size"]),
-        is_image=info["is_image"],
-        device=device,
-        progress=bool(cfg.progress),
-    )
-    return samples, info
+def checkpoint_samples(cfg: DictConfig, ckpt: str | Path, count: int) -> tuple[torch.Tensor, TrainedRun]:
+    """``count`` samples of a run from the seeds ``derive_seed(cfg.seed, i)``, and the run."""
+    run = TrainedRun.load(ckpt, cfg.weights)
+    sampler = build(cfg.sampler, "sampler") if cfg.get("sampler") else run.sampler
+    samples = run.draw(sample_seeds(int(cfg.seed), count), sampler=sampler, device=cfg.device, progress=bool(cfg.progress))
+    return samples, run
 
 
 def _agreement(cfg: DictConfig, samples: torch.Tensor) -> dict[str, float]:
@@ -126,10 +113,10 @@ def what_to_measure(cfg: DictConfig) -> tuple[torch.Tensor, Any, str, str]:
         count = int(cfg.num_samples)
         if count < 1:
             raise UserError(f"num_samples={count} must be at least 1")
-        samples, info = checkpoint_samples(cfg, cfg.ckpt, count)
-        data_config = plain(cfg.data) if cfg.get("data") else info["config"]["data"]
-        project = (info["config"].get("logger") or {}).get("project") or DEFAULT_PROJECT
-        return samples, build(data_config, "data"), project, str(cfg.ckpt)
+        samples, run = checkpoint_samples(cfg, cfg.ckpt, count)
+        project = (run.config.get("logger") or {}).get("project") or DEFAULT_PROJECT
+        datamodule = build(plain(cfg.data), "data") if cfg.get("data") else run.datamodule()
+        return samples, datamodule, project, str(cfg.ckpt)
     if not cfg.get("data"):
         what = f"samples={cfg.samples}" if cfg.get("samples") is not None else f"training_images={cfg.training_images}"
         raise UserError(f"{what} needs the data they are measured against: add data=<name> (e.g. data=digits)")
@@ -177,7 +164,8 @@ def _log_to_wandb(cfg: DictConfig, result: dict[str, Any], project: str) -> None
     if cfg.get("run_dir"):
         run_dir = Path(cfg.run_dir).expanduser()
     elif cfg.get("ckpt"):
-        run_dir = Path(cfg.ckpt).expanduser().resolve().parent.parent
+        given = Path(cfg.ckpt).expanduser().resolve()
+        run_dir = given if given.is_dir() else given.parent.parent
     else:
         raise UserError("wandb=true with samples= needs run_dir=<the run directory> to find its W&B run")
     if not run_dir.is_dir():

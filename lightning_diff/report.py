@@ -42,7 +42,6 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from lightning_diff.compare import denoiser_calls, first_calls
 from lightning_diff.compose import build
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import study_grid
@@ -58,7 +57,7 @@ from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import checkpoint_path
 from lightning_diff.run.study import Run, load_samples, runs_in_directory, runs_in_wandb_group
-from lightning_diff.sample import load_denoiser
+from lightning_diff.trained import TrainedRun
 
 LABEL_CHARACTERS = 28  # a row label's line length in the figure's label strip
 
@@ -261,12 +260,9 @@ def generated(run: Run, device: str) -> Generated | None:
         return None
     samples, seeds = load_samples(run.samples)
     trajectory = None
-    ckpt = checkpoint_path(Path(run.location))
-    if ckpt.is_file():
-        denoiser, info = load_denoiser(ckpt)
-        sampler = str(info["config"]["sampler"]["name"])
-        calls = first_calls(denoiser_calls(denoiser.to(device), info, sampler, [int(s) for s in seeds], device))
-        trajectory = torch.stack([out.double() for _, _, out in calls])
+    if checkpoint_path(Path(run.location)).is_file():
+        calls = TrainedRun.load(run.location).to(device).calls([int(s) for s in seeds], device)
+        trajectory = torch.stack([call.x0.double() for call in calls])
     return Generated(samples.double(), seeds, trajectory)
 
 

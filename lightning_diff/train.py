@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or fit) the configured denoiser; returns the ``run.json`` payload."""
     quiet_third_party()
     check_run_settings(cfg)
-    build(cfg.sampler, "sampler")  # a wrong sampler name or batch size stops the run before anything is built
+    build(cfg.sampler, "sampler")  # a wrong sampler setting stops the run before anything is built
     if spawns_ranks(cfg):
         return run_ranks(train, cfg)
     started = time.time()
@@ -212,14 +212,15 @@ def write_samples(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, run
     if count <= 0:
         return {}
     seeds = sample_seeds(int(cfg.sample_seed), count)
+    sampler = build(cfg.sampler, "sampler")
     with ema_weights(ema, module):
         samples = draw_samples(
-            module.denoiser, module.grid, module.run_info["data_shape"], seeds, sampler=str(cfg.sampler.name),
-            batch_size=int(cfg.sampler.batch_size), is_image=module.run_info["is_image"], device=module.device,
+            module.denoiser, module.grid, module.run_info["data_shape"], seeds, sampler=sampler,
+            is_image=module.run_info["is_image"], device=module.device, progress=True,
         )
     path = run_dir / "samples.npz"
     save_samples(path, samples.numpy(), module.grid.levels.tolist()[::-1], seeds)
-    return {"samples": str(path), "sampler": str(cfg.sampler.name)}
+    return {"samples": str(path), "sampler": repr(sampler)}
 
 
 def class_optimum(cfg: DictConfig, module: DiffusionModule, ema: EMA | None, datamodule: Any, logger: Any) -> dict[str, Any] | None:
@@ -256,7 +257,7 @@ def check_theory(
             denoiser=module.denoiser,
             train_data=datamodule.train_data,
             grid=module.grid,
-            sampler_name=str(cfg.sampler.name),
+            sampler=build(cfg.sampler, "sampler"),
             samples=samples,
             run_dir=run_dir,
         )

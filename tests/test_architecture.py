@@ -29,6 +29,7 @@ MAY_IMPORT = {
     "compose": {"diffusion"},
     "module": {"run", "diffusion", "denoisers"},
     "callbacks": {"run", "diffusion", "denoisers", "metrics", "figures", "compose", "module"},
+    "trained": {"run", "diffusion", "denoisers", "compose"},
 }
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 500

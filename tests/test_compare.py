@@ -134,7 +134,7 @@ def test_run_directories_also_give_single_step_and_trajectory_r2_per_level(two_r
     assert [ci["low"] for ci in itself["r2_trajectory_per_level_ci"]] == pytest.approx([1.0] * 4)
     other = compare(compare_config(f"a={two_runs / 'one'}", f"b={two_runs / 'two'}"))
     assert len(other["r2_single_step_per_level"]) == len(other["r2_trajectory_per_level"]) == 4
-    assert min(other["r2_trajectory_per_level"]) < 1.0 and other["sampler"] == "ddim"
+    assert min(other["r2_trajectory_per_level"]) < 1.0 and other["sampler"] == "DDIM(eta=0.0)"
     for name in ("single_step", "trajectory"):
         intervals = other[f"r2_{name}_per_level_ci"]
         assert [ci["value"] for ci in intervals] == other[f"r2_{name}_per_level"]

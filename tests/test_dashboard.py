@@ -49,12 +49,12 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_system("fid_weights")
     root = tmp_path_factory.mktemp("sweep")
     inception = package_file(KNOWN_WEIGHTS["torchscript"].package_file)
-    fid = [f"callbacks.measure.fid.weights={inception}", "callbacks.measure.fid.reference_count=4",
-           "callbacks.measure.every_n_steps=0"]  # FID embeds about 6 images/s on 2 cores: once, 4 + 4 images
+    fid = [f"metrics.features.weights={inception}", "metrics.reference.count=4", "metrics.prdc.nearest_k=2",
+           "callbacks.measure.every_n_steps=0"]  # Inception embeds about 6 images/s on 2 cores: once, 4 + 4 images
     train(train_config(root / "0", *RUN, f"logger.group={GROUP}", *fid))
-    no_fid = "callbacks.measure.metrics=[memorization]"
-    train(train_config(root / "1", *RUN, f"logger.group={GROUP}", "seed=1", no_fid))
-    train(train_config(root / "2", *RUN, "logger.group=other", "diffusion.num_levels=4", no_fid))
+    no_fid = [f"metrics.{name}.enabled=false" for name in ("fid", "kid", "prdc")]
+    train(train_config(root / "1", *RUN, f"logger.group={GROUP}", "seed=1", *no_fid))
+    train(train_config(root / "2", *RUN, "logger.group=other", "diffusion.num_levels=4", *no_fid))
     compare(config("compare", f"a={root / '0'}", f"b={root / '1'}", f"out={root / 'compare' / 'r2.json'}", "wandb=true"))
     calibrate(config("calibrate", f"ref={root / '0'}", "candidates=[1,3]", "num_samples=4", "padding=zeros",
                      f"out={root / 'calibration'}", "wandb=true"))
@@ -124,8 +124,11 @@ def test_every_panel_names_a_key_the_groups_runs_logged(sweep: Path, tmp_path: P
 
     keys = {name: {key for view, key in panels if view != "x axis"} for name, panels in sections.items()}
     assert keys["Validation loss per level"] == {"val/loss", "val/loss_level_0", "val/loss_level_1", "val/loss_level_2"}
-    assert {key for _, values, _ in shown for key in values if key.startswith("measure/fid@")} <= keys["Realism"]
-    assert keys["Realism"] and {"measure/memorized_fraction", "measure/d1_median"} == keys["Memorization"]
+    realism = ("measure/fid", "measure/kid", "measure/precision", "measure/recall", "measure/density", "measure/coverage")
+    assert {key for _, values, _ in shown for key in values if key.startswith(realism)} <= keys["Realism"]
+    assert keys["Realism"] and keys["Memorization"] == {
+        "measure/memorized_fraction", "measure/memorized_fraction_low", "measure/memorized_fraction_high", "measure/d1_median"
+    }
     assert {"measure/samples", "measure/nearest"} == keys["Sample grids"]
     assert {"r2_samples_median", "pearson_r_samples_median", "compare/grid", "calibrate/r2_best_level_0",
             "calibrate/patch_size_level_2", "calibrate/r2_per_patch_size"} <= keys["Agreement and explanation r²"]

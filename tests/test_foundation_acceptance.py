@@ -10,9 +10,9 @@ from lightning_diff.denoisers.empirical import EmpiricalDenoiser
 from lightning_diff.denoisers.linear import WienerDenoiser
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
-from lightning_diff.sample import load_denoiser
 from lightning_diff.seeding import sample_seeds
 from lightning_diff.train import train
+from lightning_diff.trained import TrainedRun
 
 
 def nearest_two(samples: torch.Tensor, train_set: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,6 @@ def test_resume_after_50_steps_equals_an_uninterrupted_100_step_run(tmp_path):
     resumed = train(train_config(tmp_path / "split", *common, "trainer.max_steps=100"))
     assert resumed["global_step"] == full["global_step"] == 100
     for weights in ("raw", "ema"):
-        a, _ = load_denoiser(full["checkpoint"], weights)
-        b, _ = load_denoiser(resumed["checkpoint"], weights)
+        a, b = (TrainedRun.load(summary["checkpoint"], weights).denoiser for summary in (full, resumed))
         for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.allclose(pa.float(), pb.float(), atol=1e-6), (weights, name)

@@ -46,4 +46,5 @@ def test_per_level_denoiser_refuses_another_grid(tmp_path):
     )
     result = run_module("lightning_diff.sample", f"ckpt={summary['checkpoint']}", "num_levels=6", f"out={tmp_path / 'x.npz'}")
     assert result.returncode == 2
-    assert "not on its training grid" in result.stderr and "Traceback" not in result.stderr
+    assert "denoiser is defined only on its own grid of 4 levels" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.npz").exists()

@@ -12,7 +12,7 @@ from lightning_diff.compose import build
 from lightning_diff.denoisers.linear import WienerDenoiser
 from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.grids import make_grid
-from lightning_diff.diffusion.samplers import DDIM, DDPM, Heun, SamplerChoice, make_sampler
+from lightning_diff.diffusion.samplers import DDIM, DDPM, Heun, make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.seeding import sample_seeds
 
@@ -38,8 +38,8 @@ def test_make_sampler_builds_each_sampler_with_its_settings():
 
 @pytest.mark.parametrize(
     ("name", "settings", "valid"),
-    [("ddim", {"etta": 0.5}, "valid settings: eta"), ("ddpm", {"eta": 0.5}, "valid settings: none"),
-     ("heun", {"eta": 0.0, "churn": 1.0}, "valid settings: none")],
+    [("ddim", {"etta": 0.5}, "valid settings: eta, batch_size"), ("ddpm", {"eta": 0.5}, "valid settings: batch_size"),
+     ("heun", {"eta": 0.0, "churn": 1.0}, "valid settings: batch_size")],
 )
 def test_a_setting_the_sampler_lacks_is_one_error_listing_the_valid_ones(name, settings, valid):
     with pytest.raises(UserError, match=f"not a setting of the {name} sampler; {valid}") as caught:
@@ -55,10 +55,11 @@ def test_eta_outside_0_to_1_is_refused(eta):
 
 def test_the_config_node_carries_eta_to_the_sampler(tmp_path):
     default = build(train_config(tmp_path).sampler, "sampler")
-    assert default == SamplerChoice("ddim", 256, eta=0.0) and repr(default.sampler()) == "DDIM(eta=0.0)"
-    assert build(train_config(tmp_path, "sampler.eta=0.25").sampler, "sampler").sampler().eta == 0.25
-    assert isinstance(build(train_config(tmp_path, "sampler=ddpm").sampler, "sampler").sampler(), DDPM)
-    with pytest.raises(UserError, match="sampler.eta: not a setting of the heun sampler"):
+    assert isinstance(default, DDIM) and repr(default) == "DDIM(eta=0.0)" and default.batch_size == 256
+    assert build(train_config(tmp_path, "sampler.eta=0.25").sampler, "sampler").eta == 0.25
+    assert build(train_config(tmp_path, "sampler.batch_size=8").sampler, "sampler").batch_size == 8
+    assert isinstance(build(train_config(tmp_path, "sampler=ddpm").sampler, "sampler"), DDPM)
+    with pytest.raises(UserError, match="sampler.eta: not a setting of lightning_diff.diffusion.samplers.Heun"):
         build(train_config(tmp_path, "sampler=heun", "+sampler.eta=0.5").sampler, "sampler")
     with pytest.raises(UserError, match=r"sampler\.eta=2\.0 is not valid"):
         build(train_config(tmp_path, "sampler.eta=2.0").sampler, "sampler")
@@ -76,5 +77,9 @@ def test_draw_samples_takes_a_sampler_object_with_its_settings(wiener):
     common = {"batch_size": 16, "is_image": False}
     noisy = draw_samples(wiener, GRID, (4,), SEEDS, sampler=DDIM(eta=0.5), **common)
     assert torch.equal(noisy, DDIM(eta=0.5).sample(wiener, GRID, (4,), SEEDS))
-    assert torch.equal(draw_samples(wiener, GRID, (4,), SEEDS, sampler="ddim", **common), DDIM().sample(wiener, GRID, (4,), SEEDS))
-    assert not torch.allclose(noisy, draw_samples(wiener, GRID, (4,), SEEDS, sampler="ddim", **common), atol=1e-2)
+    plain = draw_samples(wiener, GRID, (4,), SEEDS, sampler=DDIM(), **common)
+    assert torch.equal(plain, DDIM().sample(wiener, GRID, (4,), SEEDS))
+    assert not torch.allclose(noisy, plain, atol=1e-2)
+    # The sampler's own batch size is the default, and changes no sample.
+    assert torch.allclose(draw_samples(wiener, GRID, (4,), SEEDS, sampler=DDIM(batch_size=3), is_image=False), plain,
+                          rtol=0, atol=1e-6)

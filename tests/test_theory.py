@@ -46,24 +46,25 @@ def test_recursions_converge_to_the_probability_flow_and_to_the_training_eigenva
     flow = probability_flow_variance(lam, 1e-3, 0.999)
     fine = make_grid(4000).levels.flip(0)
     for sampler, tol in (("ddim", 0.02), ("heun", 0.002)):
-        scale, added = sampler_response(lam, fine, sampler)
+        scale, added = sampler_response(lam, fine, make_sampler(sampler))
         assert torch.all(added == 0), sampler  # deterministic samplers add no noise
         assert ((scale**2 / flow - 1).abs().max()) < tol, sampler
     # DDPM on a fine grid: the reverse chain reproduces the forward marginal at t_min,
     # whose denoised variance is lam^2 / (lam + sigma_min^2).
-    scale, added = sampler_response(lam, fine, "ddpm")
+    scale, added = sampler_response(lam, fine, make_sampler("ddpm"))
     marginal = lam**2 / (lam + 1e-3 / 0.999)
     assert (((scale**2 + added) / marginal - 1).abs().max()) < 0.05
     # Endpoints pushed to 0 and 1 on a fine grid: the training eigenvalues themselves.
     limit = make_grid(20_000, t_min=1e-7, t_max=1 - 1e-7).levels.flip(0)
     for sampler in ("ddim", "ddpm", "heun"):
-        scale, added = sampler_response(lam[:6], limit, sampler)
+        scale, added = sampler_response(lam[:6], limit, make_sampler(sampler))
         assert (((scale**2 + added) / lam[:6] - 1).abs().max()) < 0.03, sampler
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_closed_form_linear_variances_match_the_exact_finite_grid_prediction(gaussian16, sampler):
-    samples = make_sampler(sampler).sample(wiener(gaussian16), GRID, (16,), sample_seeds(0, 50_000), batch_size=25_000)
+@pytest.mark.parametrize("name, settings", [("ddim", {}), ("ddpm", {}), ("ddim", {"eta": 0.5})])
+def test_closed_form_linear_variances_match_the_exact_finite_grid_prediction(gaussian16, name, settings):
+    sampler = make_sampler(name, **settings)
+    samples = sampler.sample(wiener(gaussian16), GRID, (16,), sample_seeds(0, 50_000), batch_size=25_000)
     prediction = GaussianPrediction.from_data(gaussian16, GRID, sampler)
     measured = prediction.measured_variances(samples)
     relative = measured / prediction.variances - 1
@@ -82,9 +83,24 @@ def test_closed_form_linear_variances_match_the_exact_finite_grid_prediction(gau
     assert error < 4 * math.sqrt(float(prediction.variances.sum()) / samples.shape[0])
 
 
+def test_ddim_with_eta_interpolates_exactly_between_ddim_and_ddpm():
+    lam = torch.logspace(0, -3, 16, dtype=torch.float64)
+    levels = GRID.levels.flip(0)
+
+    def response(name: str, **settings: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return sampler_response(lam, levels, make_sampler(name, **settings))
+
+    for ours, theirs in ((response("ddim", eta=0.0), response("ddim")), (response("ddim", eta=1.0), response("ddpm"))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+    scale, added = response("ddim", eta=0.5)
+    assert torch.all(added > 0)  # fresh noise at every step but the last
+    total = [sum(response("ddim", eta=eta)) for eta in (0.0, 0.5, 1.0)]
+    assert not torch.allclose(total[0], total[1]) and not torch.allclose(total[1], total[2])
+
+
 def test_heun_variances_are_exact_too(gaussian16):
     samples = make_sampler("heun").sample(wiener(gaussian16), GRID, (16,), sample_seeds(1, 20_000), batch_size=20_000)
-    prediction = GaussianPrediction.from_data(gaussian16, GRID, "heun")
+    prediction = GaussianPrediction.from_data(gaussian16, GRID, make_sampler("heun"))
     relative = prediction.measured_variances(samples) / prediction.variances - 1
     assert relative.abs().max() < 0.04  # 20,000 samples: standard error 1%
     assert prediction.variances.max() / prediction.eigvals[prediction.variances.argmax()] > 2  # 10 Heun steps overshoot
@@ -92,7 +108,7 @@ def test_heun_variances_are_exact_too(gaussian16):
 
 def test_rank_4_samples_have_no_energy_outside_the_top_4_subspace(gaussian16):
     samples = make_sampler("ddim").sample(wiener(gaussian16, rank=4), GRID, (16,), sample_seeds(0, 10_000), batch_size=10_000)
-    prediction = GaussianPrediction.from_data(gaussian16, GRID, "ddim", rank=4)
+    prediction = GaussianPrediction.from_data(gaussian16, GRID, make_sampler("ddim"), rank=4)
     energy = prediction.energy_outside_support(samples)
     print(f"energy outside the top-4 subspace: {energy:.3g} of the total")
     assert energy < 1e-8
@@ -207,6 +223,6 @@ def test_moment_pair_check_refuses_data_that_is_not_a_pair_member(tmp_path):
     data = torch.randn(100, 2, generator=generator(0))
     with pytest.raises(UserError, match="regular 5-gon"):
         MomentPairCheck(figure=False)(
-            denoiser=fitted_polynomial(data), train_data=data, grid=GRID, sampler_name="ddim",
+            denoiser=fitted_polynomial(data), train_data=data, grid=GRID, sampler=make_sampler("ddim"),
             samples=data[:10], run_dir=tmp_path,
         )

@@ -12,14 +12,13 @@ import torch
 
 from conftest import require_system, train_config
 from lightning_diff.compose import build
-from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.nearest import copy_fraction
-from lightning_diff.sample import load_denoiser
 from lightning_diff.seeding import sample_seeds
 from lightning_diff.theory.linear import GaussianPrediction
 from lightning_diff.train import train
+from lightning_diff.trained import TrainedRun
 from wandb_offline import offline_runs, records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +35,7 @@ def run(run_dir: Path, experiment: str, *overrides: str) -> dict:
 @pytest.mark.parametrize("experiment", ["theory_linear", "theory_linear_ddpm"])
 def test_theory_linear_commands_record_predicted_and_measured_variances(tmp_path, experiment):
     theory = run(tmp_path, experiment, "num_samples=8000", "data.num_train=4000")
-    assert theory["sampler"] == ("ddpm" if experiment.endswith("ddpm") else "ddim")
+    assert theory["sampler"] == ("DDPM()" if experiment.endswith("ddpm") else "DDIM(eta=0.0)")
     predicted, measured = np.array(theory["variance_predicted"]), np.array(theory["variance_measured"])
     assert predicted.shape == measured.shape == (16,)
     assert np.abs(measured / predicted - 1).max() == pytest.approx(theory["variance_max_relative_error"])
@@ -60,11 +59,11 @@ def test_sgd_trained_linear_matches_the_exact_finite_grid_prediction(tmp_path):
     print(f"SGD linear, ddim: max relative variance error {theory['variance_max_relative_error']:.4f}")
     assert theory["variance_within_tolerance"] and theory["variance_max_relative_error"] < 0.05
     # The same trained maps under DDPM ancestral sampling.
-    denoiser, info = load_denoiser(tmp_path / "checkpoints" / "last.ckpt")
-    grid = make_grid(10)
-    samples = make_sampler("ddpm").sample(denoiser, grid, (16,), sample_seeds(0, 20_000), batch_size=20_000)
-    datamodule = build(info["config"]["data"], "data")  # the run's own data, from its stored config
-    prediction = GaussianPrediction.from_data(datamodule.train_data, grid, "ddpm")
+    trained = TrainedRun.load(tmp_path)
+    ddpm = make_sampler("ddpm", batch_size=20_000)
+    samples = trained.draw(sample_seeds(0, 20_000), sampler=ddpm)
+    datamodule = trained.datamodule()  # the run's own data, from its stored config
+    prediction = GaussianPrediction.from_data(datamodule.train_data, trained.grid, ddpm)
     relative = prediction.measured_variances(samples) / prediction.variances - 1
     print(f"SGD linear, ddpm: max relative variance error {relative.abs().max():.4f}")
     assert relative.abs().max() < 0.05

@@ -20,9 +20,9 @@ from torch import Tensor
 
 from lightning_diff.callbacks.context import RunContext
 from lightning_diff.callbacks.ema import EMA, ema_weights
-from lightning_diff.compose import plain
+from lightning_diff.compose import build, plain
 from lightning_diff.diffusion.draw import draw_samples
-from lightning_diff.diffusion.samplers import make_sampler
+from lightning_diff.diffusion.samplers import Sampler
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import nearest_grid, sample_grid
 from lightning_diff.metrics.memorization import NearestNeighbours
@@ -45,7 +45,7 @@ class Measure(L.Callback):
         is_image: whether the data are images in [-1, 1].
         settings: the ``callbacks.measure`` node: every_n_steps, num_samples, batch_size, grid_size.
         plan: what is measured (:func:`~lightning_diff.metrics.suite.plan_measurement` of the ``metrics`` node).
-        sampler: the sampler name (``ddim``, ``ddpm``, ``heun``); the run's own grid is used.
+        sampler: the run's sampler object (with its settings); the run's own grid is used.
         seed: sample i is drawn from seed ``derive_seed(seed, i)``, the same at every measurement.
         ema: the EMA callback whose weights are sampled (None: the raw weights).
     """
@@ -56,7 +56,7 @@ class Measure(L.Callback):
         is_image: bool,
         settings: Mapping[str, Any],
         plan: MeasurementPlan,
-        sampler: str,
+        sampler: Sampler,
         seed: int,
         ema: EMA | None = None,
     ) -> None:
@@ -76,7 +76,7 @@ class Measure(L.Callback):
         self.plan = plan
         for note in plan.notes:
             rank_zero_warn(note)
-        self.sampler = make_sampler(sampler).name  # checked now, drawn with by name
+        self.sampler = sampler
         self.seed = seed
         self.ema = ema
         self.suite: MetricSuite | None = None
@@ -201,7 +201,7 @@ def measure_for_run(
         settings=settings,
         # Planned now, so a bad weights file or setting stops the run before training.
         plan=plan_measurement(plain(run.cfg.metrics), run.datamodule, is_image),
-        sampler=str(run.cfg.sampler.name),
+        sampler=build(run.cfg.sampler, "sampler"),
         seed=int(run.cfg.sample_seed),
         ema=ema if isinstance(ema, EMA) else None,
     )

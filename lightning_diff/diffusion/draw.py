@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.process import DenoiserFn
-from lightning_diff.diffusion.samplers import Sampler, make_sampler
+from lightning_diff.diffusion.samplers import Sampler
 
 
 @torch.no_grad()
@@ -18,15 +18,16 @@ def draw_samples(
     data_shape: Sequence[int],
     seeds: Sequence[int],
     *,
-    sampler: str | Sampler,
-    batch_size: int,
+    sampler: Sampler,
     is_image: bool,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> Tensor:
     """One sample per seed (see :mod:`lightning_diff.diffusion.samplers`), on the CPU.
 
-    ``sampler`` is a sampler object (with its settings) or a sampler's name (its default settings).
+    ``sampler`` is the sampler object (with its settings); ``batch_size`` (default: the sampler's)
+    samples are drawn at a time.
 
     A module is run in eval mode (batch norm uses its running statistics) and put back in the
     mode it was in; image samples are clipped to [-1, 1], as they would be saved.
@@ -35,8 +36,7 @@ def draw_samples(
     if isinstance(denoiser, nn.Module):
         denoiser.eval()
     try:
-        chosen = make_sampler(sampler) if isinstance(sampler, str) else sampler
-        samples = chosen.sample(
+        samples = sampler.sample(
             denoiser, grid, data_shape, seeds, batch_size=batch_size, device=device, progress=progress
         )
     finally:

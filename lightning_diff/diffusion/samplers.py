@@ -11,8 +11,9 @@ denoisers. The final step returns the last denoiser output, as in the paper.
 - ``heun``: Heun's second-order method on the probability-flow ODE in Karras et al.'s
   variance-exploding coordinates x = y / sqrt(1 - t), sigma = sqrt(t / (1 - t)).
 
-A sampler is an object with its settings (``DDIM(eta=0.5)``); ``make_sampler(name, **settings)``
-builds one by name. tests/test_sampler_references.py holds them equal to diffusers' DDIM and DDPM
+A sampler is an object with its settings (``DDIM(eta=0.5, batch_size=256)``; ``batch_size``: samples
+drawn at once, which changes no sample): the ``sampler`` config node builds it (``_target_``) and
+the object travels, not its name. ``make_sampler(name, **settings)`` builds one by name. tests/test_sampler_references.py holds them equal to diffusers' DDIM and DDPM
 schedulers and to k-diffusion's ``sample_heun``.
 """
 
@@ -20,7 +21,6 @@ import inspect
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -37,8 +37,13 @@ class Sampler:
 
     name = ""
 
+    def __init__(self, batch_size: int = 256) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"sampler.batch_size={batch_size!r} is not valid: samples drawn at once, an integer >= 1")
+        self.batch_size = batch_size
+
     def settings(self) -> dict[str, float]:
-        """The sampler's settings by name, as ``make_sampler`` takes them."""
+        """The settings that change what is drawn, by name, as ``make_sampler`` takes them."""
         return {}
 
     def __repr__(self) -> str:
@@ -51,13 +56,15 @@ class Sampler:
         grid: NoiseGrid,
         shape: Sequence[int],
         seeds: Sequence[int],
-        batch_size: int = 256,
+        batch_size: int | None = None,
         device: torch.device | str = "cpu",
         progress: bool = False,
     ) -> Tensor:
-        """Samples for ``seeds`` (one per sample), shape (len(seeds), *shape), on the CPU."""
+        """Samples for ``seeds`` (one per sample), shape (len(seeds), *shape), on the CPU; ``batch_size``
+        (default: the sampler's) samples at a time."""
         if len(seeds) == 0:
             raise UserError("num_samples must be at least 1")
+        batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise UserError(f"sampling batch_size must be >= 1, got {batch_size}")
         levels = grid.levels.tolist()[::-1]
@@ -109,7 +116,8 @@ class DDIM(Sampler):
 
     name = "ddim"
 
-    def __init__(self, eta: float = 0.0) -> None:
+    def __init__(self, eta: float = 0.0, batch_size: int = 256) -> None:
+        super().__init__(batch_size)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
             raise UserError(
                 f"sampler.eta={eta!r} is not valid: DDIM's noise scale, a number in [0, 1] "
@@ -182,7 +190,7 @@ SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (DDIM, DDPM, Heun
 
 
 def make_sampler(name: str, **settings: float) -> Sampler:
-    """The sampler called ``name`` (ddim, ddpm or heun) with ``settings`` (ddim: eta)."""
+    """The sampler called ``name`` (ddim, ddpm or heun) with ``settings`` (batch_size; ddim: eta)."""
     if name not in SAMPLERS:
         raise UserError(f"sampler {name!r} is unknown; valid: {', '.join(SAMPLERS)}")
     valid = list(inspect.signature(SAMPLERS[name]).parameters)
@@ -193,32 +201,3 @@ def make_sampler(name: str, **settings: float) -> Sampler:
             f"valid settings: {', '.join(valid) or 'none'}"
         )
     return SAMPLERS[name](**settings)
-
-
-@dataclass(frozen=True)
-class SamplerChoice:
-    """The ``sampler`` config group as code (conf/sampler/<name>.yaml): which sampler, its settings,
-    and how many samples it draws at once.
-
-    A setting left at None is not passed, so the sampler keeps its default and a sampler without
-    that setting (ddpm, heun) is not given one.
-    """
-
-    name: str
-    batch_size: int
-    eta: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise UserError(f"sampler.name={self.name!r} is unknown; valid: {', '.join(SAMPLERS)}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise UserError(f"sampler.batch_size={self.batch_size!r} is not valid: samples drawn at once, an integer >= 1")
-        self.sampler()  # a setting the sampler lacks, or a bad value, stops here
-
-    def settings(self) -> dict[str, float]:
-        """The settings given in the config (those not None), by name."""
-        return {} if self.eta is None else {"eta": self.eta}
-
-    def sampler(self) -> Sampler:
-        """The configured sampler object."""
-        return make_sampler(self.name, **self.settings())

@@ -78,3 +78,8 @@ class SameNoiseR2(Metric):
             "pearson_r_per_sample": pearson,
             "pearson_r_samples_median": pearson.nanquantile(0.5),
         }
+
+
+def median_r2(reference: Tensor, other: Tensor) -> float:
+    """The median over samples of :func:`per_sample_r2` (numpy's median: the mean of the middle two)."""
+    return float(per_sample_r2(reference, other).quantile(0.5))

@@ -2,7 +2,7 @@
 
 Each check is built from config (``theory:`` with a ``_target_`` here) and called once after
 sampling with keyword arguments only:
-``check(denoiser=..., train_data=..., grid=..., sampler_name=..., samples=..., run_dir=...)``.
+``check(denoiser=..., train_data=..., grid=..., sampler=..., samples=..., run_dir=...)``.
 It returns plain numbers (predicted next to measured, keys saying which) that go into
 ``run.json`` under ``theory`` and to W&B, plus ``figure``: the path of a PNG it wrote into
 the run directory (or no such key when figures are off).
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lightning_diff.denoisers.contract import Denoiser
 from lightning_diff.diffusion.grids import NoiseGrid
-from lightning_diff.diffusion.samplers import make_sampler
+from lightning_diff.diffusion.samplers import Sampler
 from lightning_diff.errors import UserError
 from lightning_diff.figures import plots
 from lightning_diff.metrics.nearest import COPY_RATIO, nearest_two
@@ -43,7 +43,7 @@ class TheoryCheck:
         denoiser: nn.Module,
         train_data: Tensor,
         grid: NoiseGrid,
-        sampler_name: str,
+        sampler: Sampler,
         samples: Tensor,
         run_dir: Path,
     ) -> dict[str, Any]:
@@ -73,11 +73,11 @@ class LinearGaussianCheck(TheoryCheck):
         denoiser: nn.Module,
         train_data: Tensor,
         grid: NoiseGrid,
-        sampler_name: str,
+        sampler: Sampler,
         samples: Tensor,
         run_dir: Path,
     ) -> dict[str, Any]:
-        prediction = GaussianPrediction.from_data(train_data, grid, sampler_name, self.rank)
+        prediction = GaussianPrediction.from_data(train_data, grid, sampler, self.rank)
         measured = prediction.measured_variances(samples)
         kept = prediction.rank
         relative = measured[:kept] / prediction.variances[:kept] - 1
@@ -85,7 +85,7 @@ class LinearGaussianCheck(TheoryCheck):
         flat = samples.reshape(samples.shape[0], -1).to(torch.float64)
         result: dict[str, Any] = {
             "family": self.family,
-            "sampler": sampler_name,
+            "sampler": repr(sampler),
             "num_samples": int(samples.shape[0]),
             "rank": kept,
             "variance_training_eigenvalue": prediction.eigvals.tolist(),
@@ -106,7 +106,7 @@ class LinearGaussianCheck(TheoryCheck):
             result["energy_outside_subspace_measured"] = prediction.energy_outside_support(samples)
         if self.figure:
             path = plots.variance_figure(
-                self.figure_path(run_dir), prediction.eigvals, prediction.variances, measured, sampler_name, kept
+                self.figure_path(run_dir), prediction.eigvals, prediction.variances, measured, repr(sampler), kept
             )
             result["figure"] = str(path)
         return result
@@ -135,7 +135,7 @@ class DecoderImageCheck(TheoryCheck):
         denoiser: nn.Module,
         train_data: Tensor,
         grid: NoiseGrid,
-        sampler_name: str,
+        sampler: Sampler,
         samples: Tensor,
         run_dir: Path,
     ) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class DecoderImageCheck(TheoryCheck):
         train_distance = image.distance(train_data)
         result: dict[str, Any] = {
             "family": self.family,
-            "sampler": sampler_name,
+            "sampler": repr(sampler),
             "num_samples": int(samples.shape[0]),
             "code_dim": image.code_dim,
             "code_box_low": low.tolist(),
@@ -237,9 +237,9 @@ class MomentPairCheck(TheoryCheck):
                 worst = max(worst, float((first(noisy, level) - second(noisy, level)).abs().max()))
         return worst
 
-    def _samples(self, denoiser: nn.Module, grid: NoiseGrid, sampler_name: str, shape: tuple[int, ...], count: int) -> Tensor:
+    def _samples(self, denoiser: nn.Module, grid: NoiseGrid, sampler: Sampler, shape: tuple[int, ...], count: int) -> Tensor:
         seeds = sample_seeds(self.seed, count)
-        return make_sampler(sampler_name).sample(denoiser, grid, shape, seeds, batch_size=self.sampler_batch_size)
+        return sampler.sample(denoiser, grid, shape, seeds, batch_size=self.sampler_batch_size)
 
     def __call__(
         self,
@@ -247,7 +247,7 @@ class MomentPairCheck(TheoryCheck):
         denoiser: nn.Module,
         train_data: Tensor,
         grid: NoiseGrid,
-        sampler_name: str,
+        sampler: Sampler,
         samples: Tensor,
         run_dir: Path,
     ) -> dict[str, Any]:
@@ -257,17 +257,17 @@ class MomentPairCheck(TheoryCheck):
         partner = attach_polygon(base, sides, radius, phase + math.pi / sides)
         shape = tuple(samples.shape[1:])
         partner_denoiser = refit(denoiser, partner)
-        partner_samples = self._samples(partner_denoiser, grid, sampler_name, shape, samples.shape[0])
+        partner_samples = self._samples(partner_denoiser, grid, sampler, shape, samples.shape[0])
 
         control = moment_matched_pair(base, self.control_order - 1, radius)
         control_denoisers = [refit(denoiser, data) for data in control]
-        control_samples = [self._samples(d, grid, sampler_name, shape, samples.shape[0]) for d in control_denoisers]
+        control_samples = [self._samples(d, grid, sampler, shape, samples.shape[0]) for d in control_denoisers]
 
         matched, next_order = self.equal_up_to, self.equal_up_to + 1
         low, high = self.control_order - 1, self.control_order
         result: dict[str, Any] = {
             "family": self.family,
-            "sampler": sampler_name,
+            "sampler": repr(sampler),
             "num_samples": int(samples.shape[0]),
             "polygon_radius": radius,
             "num_base_points": int(base.shape[0]),
@@ -311,7 +311,7 @@ class CopyCheck(TheoryCheck):
         denoiser: nn.Module,
         train_data: Tensor,
         grid: NoiseGrid,
-        sampler_name: str,
+        sampler: Sampler,
         samples: Tensor,
         run_dir: Path,
     ) -> dict[str, Any]:
@@ -322,7 +322,7 @@ class CopyCheck(TheoryCheck):
         num_train = int(train_data.shape[0])
         result: dict[str, Any] = {
             "family": self.family,
-            "sampler": sampler_name,
+            "sampler": repr(sampler),
             "num_samples": count,
             "num_train": num_train,
             "copy_fraction_predicted_continuous_limit": 1.0,

@@ -3,8 +3,8 @@
 For data with mean mu and covariance U diag(lam) U^T, the optimal affine denoiser at noise
 variance t acts on each principal direction j on its own,
     <u_j, x0_hat - mu> = g_j(t) <u_j, y - a mu>,   g_j(t) = a lam_j / (a^2 lam_j + t),  a = sqrt(1 - t),
-and every sampler step is then an affine map of the state plus (DDPM only) fresh Gaussian
-noise. Starting from y ~ N(0, I), the output in direction j is
+and every sampler step is then an affine map of the state plus (DDPM, DDIM with eta > 0) fresh
+Gaussian noise. Starting from y ~ N(0, I), the output in direction j is
     <u_j, x - mu> = A_j c_j + sqrt(S_j) n_j,   c_j = <u_j, y_start - a_start mu> ~ N(-a_start <u_j, mu>, 1),
 with a scalar A_j and an added variance S_j given by the recursions of docs/theory.md
 (section "Linear"): the generated law is N(mu - a_start U diag(A) U^T mu, U diag(A^2 + S) U^T).
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lightning_diff.diffusion.grids import NoiseGrid
+from lightning_diff.diffusion.samplers import Sampler
 from lightning_diff.errors import UserError
 
 EXACT_SAMPLERS = ("ddim", "ddpm", "heun")
@@ -29,10 +30,12 @@ def wiener_gain(eigval: float | Tensor, t: float) -> float | Tensor:
     return math.sqrt(a2) * eigval / (a2 * eigval + t)
 
 
-def _ddim_factor(g: Tensor, t: float, t_next: float) -> Tensor:
-    # y' = a' x0_hat + sqrt(t'/t) (y - a x0_hat) on the centred coordinate, x0_hat = g y.
-    a, a_next, ratio = math.sqrt(1 - t), math.sqrt(1 - t_next), math.sqrt(t_next / t)
-    return a_next * g + ratio * (1 - a * g)
+def _ddim_step(g: Tensor, t: float, t_next: float, eta: float) -> tuple[Tensor, float]:
+    # y' = a' x0_hat + sqrt((t' - s2) / t) (y - a x0_hat) + sqrt(s2) n on the centred coordinate,
+    # x0_hat = g y, s2 = eta^2 (t'/t)(1 - a^2/a'^2) (samplers.DDIM; eta = 0: no fresh noise).
+    fresh = eta**2 * t_next / t * (1 - (1 - t) / (1 - t_next))
+    a, a_next, ratio = math.sqrt(1 - t), math.sqrt(1 - t_next), math.sqrt((t_next - fresh) / t)
+    return a_next * g + ratio * (1 - a * g), fresh
 
 
 def _ddpm_step(g: Tensor, t: float, t_next: float) -> tuple[Tensor, float]:
@@ -49,20 +52,22 @@ def _heun_rate(g: Tensor, t: float) -> Tensor:
     return (1 - math.sqrt(1 - t) * g) / math.sqrt(t / (1 - t))
 
 
-def sampler_response(eigvals: Tensor, levels: Tensor, sampler: str) -> tuple[Tensor, Tensor]:
+def sampler_response(eigvals: Tensor, levels: Tensor, sampler: Sampler) -> tuple[Tensor, Tensor]:
     """(A, S) per eigenvalue: output = A * (starting centred coordinate) + N(0, S), exactly.
 
     ``levels`` is the grid in sampling order (descending). ``eigvals`` may hold zeros (directions
     the denoiser ignores: A = S = 0 there).
     """
-    if sampler not in EXACT_SAMPLERS:
-        raise UserError(f"sampler {sampler!r} has no linear-Gaussian prediction; valid: {', '.join(EXACT_SAMPLERS)}")
+    if sampler.name not in EXACT_SAMPLERS:
+        raise UserError(
+            f"sampler {sampler!r} has no linear-Gaussian prediction; valid: {', '.join(EXACT_SAMPLERS)}"
+        )
     lam = eigvals.to(torch.float64)
     ts = [float(t) for t in levels]
     gains = [wiener_gain(lam, t) for t in ts]
     scale = torch.ones_like(lam)
     added = torch.zeros_like(lam)
-    if sampler == "heun":
+    if sampler.name == "heun":
         # x = y / a: the VE state starts at c / a_start; the output is a_last g_last w_last.
         scale = scale / math.sqrt(1 - ts[0])
         for k in range(len(ts) - 1):
@@ -72,12 +77,12 @@ def sampler_response(eigvals: Tensor, levels: Tensor, sampler: str) -> tuple[Ten
             scale = scale * (1 + 0.5 * h * (rate + rate_next * (1 + h * rate)))
         return math.sqrt(1 - ts[-1]) * gains[-1] * scale, added
     for k in range(len(ts) - 1):
-        if sampler == "ddim":
-            scale = scale * _ddim_factor(gains[k], ts[k], ts[k + 1])
+        if sampler.name == "ddim":
+            factor, noise_var = _ddim_step(gains[k], ts[k], ts[k + 1], sampler.settings()["eta"])
         else:
             factor, noise_var = _ddpm_step(gains[k], ts[k], ts[k + 1])
-            scale = scale * factor
-            added = added * factor**2 + noise_var
+        scale = scale * factor
+        added = added * factor**2 + noise_var
     return gains[-1] * scale, gains[-1] ** 2 * added
 
 
@@ -109,10 +114,12 @@ class GaussianPrediction:
     eigvals: Tensor
     variances: Tensor
     rank: int
-    sampler: str
+    sampler: Sampler
 
     @classmethod
-    def from_data(cls, train_data: Tensor, grid: NoiseGrid, sampler: str, rank: int | None = None) -> "GaussianPrediction":
+    def from_data(
+        cls, train_data: Tensor, grid: NoiseGrid, sampler: Sampler, rank: int | None = None
+    ) -> "GaussianPrediction":
         """The prediction for the optimal (rank-``rank``) affine denoiser of ``train_data``."""
         flat = train_data.reshape(train_data.shape[0], -1).to(torch.float64)
         dim = flat.shape[1]
