@@ -5,6 +5,7 @@ rebuilds exactly the denoiser that was trained.
 """
 
 import inspect
+import typing
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -12,6 +13,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_diff.errors import UserError
+from lightning_diff.run.checks import check_type
 
 
 def plain(node: Any) -> Any:
@@ -21,10 +23,24 @@ def plain(node: Any) -> Any:
     return node
 
 
+def annotations_of(obj: Any) -> dict[str, Any]:
+    """The parameter annotations of a function, or of a class's ``__init__`` and those of its bases
+    (a subclass passes ``**kwargs`` on to them), resolved; none where they cannot be."""
+    functions = [c.__dict__["__init__"] for c in reversed(obj.__mro__) if "__init__" in c.__dict__] if inspect.isclass(obj) else [obj]
+    hints: dict[str, Any] = {}
+    for function in functions:
+        try:
+            hints.update(typing.get_type_hints(function))
+        except Exception:  # an annotation naming what cannot be imported here: the builder checks its own values
+            continue
+    return hints
+
+
 def build(node: Any, group: str, **runtime: Any) -> Any:
     """Instantiate ``node`` (with ``_target_``) plus ``runtime`` keyword arguments.
 
-    Keys the target does not accept are reported by name, with the valid ones listed.
+    Keys the target does not accept are reported by name, with the valid ones listed, and a value
+    that does not fit the target's annotation (text where a number is expected) by key and type.
     """
     spec = dict(plain(node))
     target = spec.get("_target_")
@@ -44,6 +60,10 @@ def build(node: Any, group: str, **runtime: Any) -> Any:
                 f"{', '.join(f'{group}.{key}' for key in unknown)}: not a setting of {target}; "
                 f"valid settings: {', '.join(valid)}"
             )
+    hints = annotations_of(obj)
+    for key, value in spec.items():
+        if key in hints and not key.startswith("_"):
+            check_type(f"{group}.{key}", value, hints[key])
     try:
         return instantiate(spec, **runtime, _convert_="all")
     except InstantiationException as err:

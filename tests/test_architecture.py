@@ -26,7 +26,7 @@ MAY_IMPORT = {
     "metrics": {"run"},
     "figures": set(),
     "theory": {"diffusion", "denoisers", "metrics", "figures", "data"},
-    "compose": {"diffusion"},
+    "compose": {"diffusion", "run"},
     "module": {"run", "diffusion", "denoisers"},
     "callbacks": {"run", "diffusion", "denoisers", "metrics", "figures", "compose", "module"},
     "trained": {"run", "diffusion", "denoisers", "compose"},

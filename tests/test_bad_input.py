@@ -34,6 +34,14 @@ from lightning_diff.train import train
         ("num_samples=-5", "error: num_samples=-5 is not valid: samples written at the end (0: none), an integer >= 0"),
         ("trainer.val_check_interval=0", "error: trainer.val_check_interval=0 is not valid"),
         ("closed_form_val_images=abc", "error: closed_form_val_images='abc' is not valid: validation images"),
+        # Text where a number is expected, for any key a builder takes (checked against its annotation).
+        ("diffusion.num_levels=abc", "error: diffusion.num_levels='abc' is not valid: it must be an integer"),
+        ("data.num_train=abc", "error: data.num_train='abc' is not valid: it must be an integer"),
+        ("diffusion.t_min=abc", "error: diffusion.t_min='abc' is not valid: it must be a number"),
+        ("denoiser.rank=[1]", "error: denoiser.rank=[1] is not valid: it must be an integer or null"),
+        ("sampler.batch_size=abc", "error: sampler.batch_size='abc' is not valid: it must be an integer"),
+        ("callbacks.ema.decay=abc", "error: callbacks.ema.decay='abc' is not valid: it must be a number"),
+        ("metrics.kid.subsets=abc", "error: metrics.kid.subsets='abc' is not valid: it must be an integer"),
     ],
 )
 def test_command_line_mistakes_exit_2_with_one_line_naming_the_key(tmp_path, override, expected, capsys):

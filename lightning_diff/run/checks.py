@@ -5,6 +5,10 @@ it cannot know is wrong; Lightning and torch then fail late with a traceback, or
 Each check here names the key, the value and what would be valid, before anything is built.
 """
 
+import collections.abc
+import inspect
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,3 +71,54 @@ def check_optimizer(settings: Mapping[str, Any]) -> None:
         pair = isinstance(betas, (list, tuple)) and len(betas) == 2
         if not pair or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
             raise UserError(f"optimizer.betas={betas!r} is not valid: two numbers in [0, 1), e.g. [0.9,0.999]")
+
+
+def fits(value: Any, annotation: Any) -> bool | None:
+    """Whether a config value fits a type annotation: True, False, or None when the annotation is
+    not one a config value can be checked against (a class the builder converts, a callable...)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    if annotation is type(None) or annotation is None:
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        found = [fits(value, arg) for arg in args]
+        return True if True in found else (None if None in found else False)
+    if origin is typing.Literal:
+        return value in args
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        inner = [fits(item, args[0]) for item in value] if len(args) == 1 or (len(args) == 2 and args[1] is ...) else []
+        return False if False in inner else True
+    if origin in (dict, collections.abc.Mapping) or annotation is dict:
+        return isinstance(value, dict)
+    return None
+
+
+def describe(annotation: Any) -> str:
+    """An annotation in words, for a message about a value that does not fit it."""
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null"}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(describe(arg) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) in (list, tuple, collections.abc.Sequence) or annotation in (list, tuple):
+        return "a list [..]"
+    if typing.get_origin(annotation) in (dict, collections.abc.Mapping) or annotation is dict:
+        return "a mapping {..}"
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def check_type(key: str, value: Any, annotation: Any) -> None:
+    """One :class:`UserError` naming ``key`` when ``value`` does not fit ``annotation``."""
+    if fits(value, annotation) is False:
+        raise UserError(f"{key}={value!r} is not valid: it must be {describe(annotation)}")

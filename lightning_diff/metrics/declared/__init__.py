@@ -19,6 +19,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lightning_diff.errors import UserError
+from lightning_diff.run.checks import check_type
 from lightning_diff.metrics.fid import FeatureSource
 
 SETTINGS_KEY = "metrics"
@@ -113,6 +114,10 @@ class DeclaredMetric:
                 f"{', '.join(f'{SETTINGS_KEY}.{self.name}.{key}' for key in unknown)}: not a setting of the "
                 f"{self.name} metric; valid settings: {', '.join(valid)}"
             )
+        for key, value in given.items():
+            default = {**COMMON_SETTINGS, **self.settings}[key]
+            if default is not None:  # a setting whose default is null takes values of its own kind
+                check_type(f"{SETTINGS_KEY}.{self.name}.{key}", value, type(default))
         enabled = given.pop("enabled", COMMON_SETTINGS["enabled"])
         return {**self.settings, **given}, bool(enabled)
 
