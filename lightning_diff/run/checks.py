@@ -98,7 +98,7 @@ def fits(value: Any, annotation: Any) -> bool | None:
         if not isinstance(value, (list, tuple)):
             return False
         inner = [fits(item, args[0]) for item in value] if len(args) == 1 or (len(args) == 2 and args[1] is ...) else []
-        return False if False in inner else True
+        return False not in inner
     if origin in (dict, collections.abc.Mapping) or annotation is dict:
         return isinstance(value, dict)
     return None

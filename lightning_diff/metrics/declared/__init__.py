@@ -19,8 +19,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lightning_diff.errors import UserError
-from lightning_diff.run.checks import check_type
 from lightning_diff.metrics.fid import FeatureSource
+from lightning_diff.run.checks import check_type
 
 SETTINGS_KEY = "metrics"
 APPLIES_TO = ("images", "non_images", "all")
