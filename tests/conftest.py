@@ -139,6 +139,24 @@ def run_module(*args: str, cwd: Path | None = None, timeout: float = 600) -> sub
     )
 
 
+@torch.no_grad()
+def diffusers_loop(scheduler, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+                   seeds: list[int], **step) -> torch.Tensor:
+    """DDIMPipeline's / DDPMPipeline's loop over ``scheduler.step`` (less their rescaling to [0, 1]),
+    fed our per-sample generators: diffusers' ``randn_tensor`` draws row i from generator i, and our
+    samplers draw from each in the same order (starting noise, then one draw per noisy step), so both
+    see the same numbers. ``model(sample, timestep)`` is what the scheduler's step is given."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from lightning_diff.seeding import generator
+
+    gens = [generator(seed) for seed in seeds]
+    sample = randn_tensor((len(seeds), *shape), generator=gens)
+    for tau in scheduler.timesteps:
+        sample = scheduler.step(model(sample, tau), tau, sample, generator=gens, **step).prev_sample
+    return sample
+
+
 def assert_same_samples_as_empirical(machine: torch.nn.Module, data: torch.Tensor, grid, count: int = 16) -> None:
     """``machine`` and the empirical denoiser of ``data`` give the same DDIM samples (1e-5) from
     the same ``count`` seeds: an analytic machine in its limit where it is the memorizer."""

@@ -15,7 +15,9 @@ from conftest import REPO
 from lightning_diff.denoisers.registry import families
 
 PACKAGE = REPO / "lightning_diff"
-ENTRY_POINTS = {"train", "sample", "evaluate", "compare", "calibrate", "report", "prefetch", "demo", "sweep", "dashboard"}
+ENTRY_POINTS = {
+    "train", "sample", "evaluate", "compare", "calibrate", "report", "prefetch", "demo", "sweep", "dashboard", "adopt",
+}
 FOUNDATION = {"errors", "seeding", "progress"}
 # Layer of each top-level part, and the layers it may import (besides itself and the foundation).
 MAY_IMPORT = {

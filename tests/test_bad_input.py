@@ -21,7 +21,7 @@ from lightning_diff.train import train
     [
         ("sampler=foo", "error: sampler=foo: no such option in conf/sampler/; choose one of ddim, ddpm, heun"),
         ("denoiser=not_a_family", "error: denoiser=not_a_family: no such option in conf/denoiser/; choose one of "
-         "bottleneck, bottleneck_image, dit, empirical, linear"),
+         "bottleneck, bottleneck_image, diffusers_unet, dit, empirical"),
         ("experiment=paper/unet/nope", "error: experiment=paper/unet/nope: no such option in conf/experiment/; "
          "choose one of main, paper/theory_bottleneck"),
         ("nonexistent_key=3", "error: nonexistent_key=3: no such key; the keys are calibrated_on, callbacks, "

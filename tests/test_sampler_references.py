@@ -4,8 +4,9 @@
 - ``ddpm`` against a loop over diffusers' ``DDPMScheduler.step`` (variance_type "fixed_small");
 - ``heun`` against k-diffusion's ``sample_heun``.
 
-Each is checked through a small random-weight ``diffusers.UNet2DModel`` (for every prediction
-type a scheduler knows; in float64, see :func:`float64`) and on two analytic denoisers (the Wiener denoiser of a Gaussian and
+Each is checked through a small random-weight ``diffusers.UNet2DModel``, adopted as our denoiser
+by the ``diffusers_unet`` family (``from_diffusers``; for every prediction type a scheduler knows;
+in float64, see :func:`float64`), and on two analytic denoisers (the Wiener denoiser of a Gaussian and
 the empirical denoiser of a few points), so the equivalence rests on no single network. The
 loops below are the ones diffusers' DDIMPipeline and DDPMPipeline run, less their final
 rescaling and clamping to [0, 1] for display.
@@ -47,6 +48,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from conftest import diffusers_loop
+from lightning_diff.denoisers.diffusers_unet import from_diffusers
 from lightning_diff.denoisers.empirical import EmpiricalDenoiser
 from lightning_diff.denoisers.linear import WienerDenoiser
 from lightning_diff.diffusion.grids import NoiseGrid, make_grid
@@ -100,28 +103,9 @@ def network(unet: UNet2DModel) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda y, tau: unet(y, tau).sample
 
 
-class AdoptedModel:
-    """A diffusers model as our D(y, t) -> x0: t is looked up among the scheduler's levels for its
-    timestep, and the prediction converted to x0 (x0 = (y - sqrt(t) eps) / sqrt(1 - t) for epsilon,
-    sqrt(1 - t) y - sqrt(t) v for v)."""
-
-    def __init__(self, model: Callable[[Tensor, Tensor], Tensor], grid: NoiseGrid, timesteps: Tensor, prediction: str):
-        self.model, self.grid, self.timesteps, self.prediction = model, grid, timesteps, prediction
-
-    def __call__(self, y: Tensor, t: Tensor) -> Tensor:
-        out = self.model(y, self.timesteps[self.grid.index_of(t)])
-        t = t.to(y.dtype).reshape(-1, *[1] * (y.dim() - 1))
-        if self.prediction == "epsilon":
-            return (y - t.sqrt() * out) / (1 - t).sqrt()
-        if self.prediction == "v_prediction":
-            return (1 - t).sqrt() * y - t.sqrt() * out
-        return out
-
-
-def scheduler_grid(alphas_cumprod: Tensor, timesteps: Tensor) -> tuple[NoiseGrid, Tensor]:
-    """Our grid for a scheduler's timesteps, and those timesteps in the grid's ascending order."""
-    ascending = timesteps.flip(0)
-    return NoiseGrid(1 - alphas_cumprod[ascending].double()), ascending
+def scheduler_grid(scheduler) -> NoiseGrid:
+    """Our grid for a scheduler's timesteps: t = 1 - alphas_cumprod there, ascending."""
+    return NoiseGrid(1 - scheduler.alphas_cumprod[scheduler.timesteps.flip(0)].double())
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +136,9 @@ def generators() -> list[torch.Generator]:
     return [generator(seed) for seed in SEEDS]
 
 
-@torch.no_grad()
 def scheduler_loop(scheduler, model: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], **step) -> Tensor:
     """DDIMPipeline's / DDPMPipeline's loop, fed our per-sample generators."""
-    gens = generators()
-    sample = randn_tensor((len(SEEDS), *shape), generator=gens)
-    for tau in scheduler.timesteps:
-        sample = scheduler.step(model(sample, tau), tau, sample, generator=gens, **step).prev_sample
-    return sample
+    return diffusers_loop(scheduler, model, shape, SEEDS, **step)
 
 
 def ddim_scheduler(prediction: str = "sample", **config) -> DDIMScheduler:
@@ -207,9 +186,9 @@ def k_diffusion_modules() -> tuple[types.ModuleType, types.ModuleType]:
 def test_ddim_through_an_adopted_unet_equals_diffusers_ddim(unet, prediction):
     """Final tensors compared (see the module docstring): our x0_hat, diffusers' last step result."""
     scheduler = ddim_scheduler(prediction)
-    grid, timesteps = scheduler_grid(scheduler.alphas_cumprod, scheduler.timesteps)
+    denoiser = from_diffusers(unet, scheduler)
     theirs = scheduler_loop(scheduler, network(unet), IMAGE)
-    mine = ours(make_sampler("ddim"), AdoptedModel(network(unet), grid, timesteps, prediction), grid, IMAGE)
+    mine = ours(make_sampler("ddim"), denoiser, denoiser.grid(), IMAGE)
     assert relative_difference(mine, theirs) <= TOLERANCE
 
 
@@ -217,8 +196,8 @@ def test_ddim_through_an_adopted_unet_equals_diffusers_ddim(unet, prediction):
 @pytest.mark.parametrize("eta", [0.3, 1.0])
 def test_ddim_with_eta_equals_diffusers_ddim_given_the_same_noise(unet, eta):
     scheduler = ddim_scheduler("epsilon", timestep_spacing="trailing")
-    grid, timesteps = scheduler_grid(scheduler.alphas_cumprod, scheduler.timesteps)
-    denoiser = AdoptedModel(network(unet), grid, timesteps, "epsilon")
+    denoiser = from_diffusers(unet, scheduler)
+    grid = denoiser.grid()
     theirs = scheduler_loop(scheduler, network(unet), IMAGE, eta=eta)
     mine = ours(DDIM(eta=eta), denoiser, grid, IMAGE)
     assert relative_difference(mine, theirs) <= TOLERANCE
@@ -230,9 +209,9 @@ def test_ddim_with_eta_equals_diffusers_ddim_given_the_same_noise(unet, eta):
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_ddpm_through_an_adopted_unet_equals_diffusers_ddpm(unet, prediction):
     scheduler = ddpm_scheduler(prediction)
-    grid, timesteps = scheduler_grid(scheduler.alphas_cumprod, scheduler.timesteps)
+    denoiser = from_diffusers(unet, scheduler)
     theirs = scheduler_loop(scheduler, network(unet), IMAGE)
-    mine = ours(make_sampler("ddpm"), AdoptedModel(network(unet), grid, timesteps, prediction), grid, IMAGE)
+    mine = ours(make_sampler("ddpm"), denoiser, denoiser.grid(), IMAGE)
     assert relative_difference(mine, theirs) <= TOLERANCE
 
 
@@ -243,16 +222,15 @@ def test_heun_through_an_adopted_unet_equals_k_diffusion_sample_heun(unet, predi
     and samples in Karras coordinates x = y / sqrt(1 - t) on sigmas sqrt(t / (1 - t)) of the same
     timesteps, then 0. Its start x = noise * sqrt(1 + sigma_max^2) is our y = noise scaled to x."""
     sampling, external = k_diffusion_modules()
-    alphas_cumprod = DDPMScheduler().alphas_cumprod
+    scheduler = ddpm_scheduler(prediction, timesteps=[999, 800, 600, 400, 200, 50, 0])
     wrapper = external.DiscreteEpsDDPMDenoiser if prediction == "epsilon" else external.DiscreteVDDPMDenoiser
-    model = wrapper(network(unet), alphas_cumprod, quantize=True)
-    timesteps = torch.tensor([999, 800, 600, 400, 200, 50, 0])
-    grid, ascending = scheduler_grid(alphas_cumprod, timesteps)
-    sigmas = sampling.append_zero(model.sigmas[timesteps])
+    model = wrapper(network(unet), scheduler.alphas_cumprod, quantize=True)
+    denoiser = from_diffusers(unet, scheduler)
+    sigmas = sampling.append_zero(model.sigmas[scheduler.timesteps])
     start = randn_tensor((len(SEEDS), *IMAGE), generator=generators()) * (1 + sigmas[0] ** 2).sqrt()
     with torch.no_grad():
         theirs = sampling.sample_heun(model, start, sigmas, disable=True)
-    mine = ours(make_sampler("heun"), AdoptedModel(network(unet), grid, ascending, prediction), grid, IMAGE)
+    mine = ours(make_sampler("heun"), denoiser, denoiser.grid(), IMAGE)
     assert relative_difference(mine, theirs) <= TOLERANCE
 
 
@@ -262,7 +240,7 @@ def test_heun_through_an_adopted_unet_equals_k_diffusion_sample_heun(unet, predi
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddim_on_analytic_denoisers_equals_diffusers_ddim(analytic, eta):
     scheduler = ddim_scheduler(beta_schedule="scaled_linear", timestep_spacing="trailing")
-    grid, _ = scheduler_grid(scheduler.alphas_cumprod, scheduler.timesteps)
+    grid = scheduler_grid(scheduler)
     theirs = scheduler_loop(scheduler, as_scheduler_model(analytic, scheduler.alphas_cumprod), VECTOR, eta=eta)
     assert relative_difference(ours(DDIM(eta=eta), analytic, grid, VECTOR), theirs) <= TOLERANCE
 
@@ -272,7 +250,7 @@ def test_ddpm_on_analytic_denoisers_equals_diffusers_ddpm(analytic):
     (t = 0.011), not 0: diffusers then adds 1e-10 times a last noise draw (its variance 0 clamped
     to 1e-20), far below the tolerance, and our sampler returns x0_hat there."""
     scheduler = ddpm_scheduler(timesteps=[990, 700, 420, 260, 150, 90, 60], beta_schedule="squaredcos_cap_v2")
-    grid, _ = scheduler_grid(scheduler.alphas_cumprod, scheduler.timesteps)
+    grid = scheduler_grid(scheduler)
     theirs = scheduler_loop(scheduler, as_scheduler_model(analytic, scheduler.alphas_cumprod), VECTOR)
     assert relative_difference(ours(make_sampler("ddpm"), analytic, grid, VECTOR), theirs) <= TOLERANCE
 

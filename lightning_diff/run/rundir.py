@@ -8,6 +8,10 @@
   wandb_run_id            W&B run id, so a resumed or requeued run continues the same W&B run
   wandb/                  the W&B (offline) run
 ```
+
+A run adopted from diffusers (``python -m lightning_diff.adopt``) has the first three: its checkpoint
+holds ``state_dict`` only, and its run.json ``adopted`` (where the model came from) instead of
+training's metrics, measurement, world size and nodes.
 """
 
 import json
