@@ -2,7 +2,7 @@
 
 Tiny random-weight ``UNet2DModel``s are saved as diffusers saves them (a pipeline folder, or a bare
 UNet folder plus a scheduler config) and adopted. The adopted run's denoiser, sampled with our
-samplers through ``load_denoiser``, must equal diffusers' own scheduler loops from the same noise
+samplers through ``TrainedRun``, must equal diffusers' own scheduler loops from the same noise
 (see tests/test_sampler_references.py for why the final tensors compare directly, and
 :func:`conftest.diffusers_loop` for the same noise). Those comparisons run in float64: a random
 network's epsilon is no prediction of the noise in y, so near t = 1 the conversion to x0 divides a
@@ -31,12 +31,13 @@ from lightning_diff.denoisers import diffusers_unet
 from lightning_diff.denoisers.diffusers_unet import from_diffusers
 from lightning_diff.diffusion.draw import draw_samples
 from lightning_diff.diffusion.grids import NoiseGrid, make_grid
+from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.errors import UserError
 from lightning_diff.run.checkpoint import CONFIG_KEY, load_checkpoint
 from lightning_diff.run.cli import CONF_DIR, exit_on_user_error
 from lightning_diff.run.study import read_run_dir
-from lightning_diff.sample import load_denoiser
 from lightning_diff.seeding import sample_seeds
+from lightning_diff.trained import TrainedRun
 
 IMAGE = (3, 8, 8)
 STEPS = 10
@@ -103,12 +104,11 @@ def relative_difference(ours: Tensor, theirs: Tensor) -> float:
 def ours_from_the_run(run: Path, sampler: str) -> Tensor:
     """The run's denoiser as every entry point loads it, sampled in float64 on its stored grid from its
     seeds; not clipped to [-1, 1] (a random network's samples would be all +-1)."""
-    denoiser, info = load_denoiser(run / "checkpoints" / "last.ckpt")
-    seeds = sample_seeds(info["config"]["sample_seed"], COUNT)
+    trained = TrainedRun.load(run)
+    seeds = sample_seeds(trained.config["sample_seed"], COUNT)
     with float64():
-        grid = NoiseGrid(torch.tensor(info["grid"], dtype=torch.float64))
-        return draw_samples(denoiser.double(), grid, info["data_shape"], seeds, sampler=sampler, batch_size=COUNT,
-                            is_image=False)
+        return draw_samples(trained.denoiser.double(), trained.grid, trained.data_shape, seeds,
+                            sampler=make_sampler(sampler, batch_size=COUNT), is_image=False)
 
 
 def theirs(unet_folder: Path, scheduler, **step) -> Tensor:
@@ -161,9 +161,9 @@ def test_clipping_and_thresholding_are_the_schedulers(tmp_path, unet, limit):
 
     unlimited = DDPMScheduler(prediction_type="epsilon", clip_sample=False)
     unlimited.set_timesteps(STEPS)
-    grid = NoiseGrid(torch.tensor(load_denoiser(tmp_path / "run" / "checkpoints" / "last.ckpt")[1]["grid"]))
-    plain = draw_samples(from_diffusers(unet, unlimited), grid, IMAGE, sample_seeds(0, COUNT), sampler="ddpm",
-                         batch_size=COUNT, is_image=False)
+    grid = TrainedRun.load(tmp_path / "run").grid
+    plain = draw_samples(from_diffusers(unet, unlimited), grid, IMAGE, sample_seeds(0, COUNT),
+                         sampler=make_sampler("ddpm", batch_size=COUNT), is_image=False)
     assert relative_difference(plain, ddpm) > 0.01  # the limit matters here
 
 
@@ -187,13 +187,14 @@ def test_the_run_directory_is_one_every_entry_point_reads(tmp_path, unet):
     levels = (1 - scheduler.alphas_cumprod[scheduler.timesteps.flip(0)].double()).tolist()
     assert info["grid"] == levels and info["data_shape"] == list(IMAGE) and info["is_image"] is True
     assert set(info["config"]) >= {"denoiser", "data", "diffusion", "sampler", "seed", "sample_seed", "variant"}
-    assert info["config"]["diffusion"]["grid_values"] == levels and info["config"]["sampler"]["name"] == "ddim"
+    assert info["config"]["diffusion"]["grid_values"] == levels and info["config"]["sampler"]["_target_"].endswith("DDIM")
     assert info["config"]["data"]["_target_"] == "lightning_diff.data.images.DigitsDataModule"
     assert info["config"]["denoiser"]["clip_sample"] is True  # DDIMScheduler's default, recorded
     assert all(key.startswith("denoiser.unet.") for key in checkpoint["state_dict"])
     for key, value in unet.state_dict().items():
         assert torch.equal(checkpoint["state_dict"][f"denoiser.unet.{key}"], value), key
 
+    assert TrainedRun.load(run).sampler.settings() == {"eta": 0.0}  # the sampler object, rebuilt from its node
     read = read_run_dir(run)
     assert read.name == "my_model" and read.num_parameters == summary["num_parameters"] and read.samples is not None
     with np.load(run / "samples.npz") as stored:
@@ -229,11 +230,13 @@ def test_adopt_sample_and_compare_on_the_command_line(tmp_path, unet):
 def test_a_level_off_the_schedulers_timesteps_is_one_clear_error(tmp_path, unet):
     folder = save_pipeline(tmp_path / "model", unet, DDIMScheduler())
     adopted(folder, tmp_path / "run", "num_samples=0")
-    denoiser, _ = load_denoiser(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    trained = TrainedRun.load(tmp_path / "run")
     with pytest.raises(UserError, match=r"at t=0\.5, which is none of the 10 levels .* t=0\.605989 at timestep 300"):
-        denoiser(torch.zeros(2, *IMAGE), torch.full((2,), 0.5))
+        trained.denoiser(torch.zeros(2, *IMAGE), torch.full((2,), 0.5))
     with pytest.raises(UserError, match="none of the 10 levels"):
-        draw_samples(denoiser, make_grid(5), IMAGE, [0], sampler="ddim", batch_size=1, is_image=True)
+        draw_samples(trained.denoiser, make_grid(5), IMAGE, [0], sampler=make_sampler("ddim"), is_image=True)
+    with pytest.raises(UserError, match="is defined only on its own grid of 10 levels"):
+        trained.draw([0], grid=make_grid(5))
     assert not (tmp_path / "run" / "samples.npz").exists()  # num_samples=0: none drawn
 
 
