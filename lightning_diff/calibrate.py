@@ -11,8 +11,8 @@ threshold for all levels (its knob is global: the highest mean over levels). Wri
 (default ``<ref>/calibration``): ``calibration.json`` (levels, candidates, the r^2 table, the
 choice, the seeds and their recipe, the overrides), ``calibration.png`` (r^2 against the knob per
 level) and ``overrides.txt`` (the command-line overrides that train the calibrated machine on the
-reference's data; they record the calibration seeds' recipe as ``calibrated_on``, so the report
-can tell held-out scores from in-sample ones).
+reference's grid, given the reference's data; they record the calibration seeds' recipe as
+``calibrated_on``, so the report can tell held-out scores from in-sample ones).
 """
 
 import json
@@ -142,6 +142,8 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
         f"denoiser={cfg.machine}",
         *choice.overrides(chosen),
         f"calibrated_on={{seed:{recipe['seed']},num_samples:{recipe['num_samples']}}}",
+        # The reference's own levels, exactly: the machine then samples (and compares per level) on its grid.
+        f"diffusion.grid_values=[{','.join(map(repr, reference.grid.levels.tolist()))}]",
     ]
     result = {
         "ref": str(ref), "machine": str(cfg.machine), "knob": choice.name, "levels": levels,

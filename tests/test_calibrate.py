@@ -14,6 +14,7 @@ from lightning_diff.errors import UserError
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.seeding import calibration_seeds, sample_seeds
 from lightning_diff.train import train
+from lightning_diff.trained import TrainedRun
 
 # 8x8 digits; a grid whose levels tell patch sizes apart (at t near 1 every machine gives the mean).
 REFERENCE = ["data=digits", "data.num_train=60", "data.num_val=20", "denoiser=local_score", "denoiser.padding=zeros",
@@ -69,6 +70,7 @@ def test_calibration_seeds_are_held_out_from_the_reference_and_the_machine_it_tr
     assert "calibrated_on={seed:0,num_samples:8}" in overrides
     summary = train(train_config(tmp_path / "machine", *REFERENCE, *overrides, "num_samples=8"))
     assert summary["config"]["calibrated_on"] == {"seed": 0, "num_samples": 8}
+    assert TrainedRun.load(tmp_path / "machine").grid.levels.tolist() == TrainedRun.load(tmp_path / "ref").grid.levels.tolist()
     chosen = set(result["seeds"])
     assert not chosen & seeds_of(tmp_path / "ref") and not chosen & seeds_of(tmp_path / "machine")
     # Not only these runs': no evaluation stream a study uses (sample_seed 0..99, 1,000 samples each) meets it.
