@@ -33,7 +33,7 @@ from lightning_diff.metrics.r2 import median_r2
 from lightning_diff.progress import with_progress
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
-from lightning_diff.run.rundir import checkpoint_path
+from lightning_diff.run.rundir import checkpoint_path, read_sample_file
 from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.seeding import calibration_seeds
 from lightning_diff.trained import TrainedRun
@@ -99,8 +99,7 @@ def held_out(seeds: list[int], ref: Path) -> None:
     samples = ref / "samples.npz"
     if not samples.is_file():
         return
-    with np.load(samples) as stored:
-        shared = set(seeds) & {int(seed) for seed in stored["seeds"]}
+    shared = set(seeds) & {int(seed) for seed in read_sample_file(samples).seeds}
     if shared:
         raise UserError(
             f"{len(shared)} calibration seeds are among the evaluation seeds of {samples}; the knob would be scored on "

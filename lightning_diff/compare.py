@@ -51,7 +51,7 @@ from lightning_diff.metrics.intervals import Statistic, bootstrap, nan_mean, nan
 from lightning_diff.metrics.r2 import SameNoiseR2, per_sample_r2
 from lightning_diff.run.atomic import atomic_write_text
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
-from lightning_diff.run.rundir import checkpoint_path
+from lightning_diff.run.rundir import checkpoint_path, read_sample_file
 from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.trained import TrainedRun, same_levels
 
@@ -86,15 +86,10 @@ def load_side(key: str, value: str) -> Side:
         path = path / "samples.npz"
     if not path.is_file():
         raise UserError(f"{key}={value}: no such run directory (with samples.npz) or .npz file")
-    with np.load(path) as stored:
-        missing = [name for name in ("samples", "seeds") if name not in stored.files]
-        if missing:
-            raise UserError(f"{key}={path} has no {' or '.join(missing)} array (it has: {', '.join(stored.files)})")
-        samples = torch.from_numpy(np.asarray(stored["samples"], dtype=np.float64))
-        seeds = [int(s) for s in stored["seeds"]]
-        levels = [float(t) for t in stored["levels"]] if "levels" in stored.files else None
-    if samples.shape[0] != len(seeds):
-        raise UserError(f"{key}={path} holds {samples.shape[0]} samples but {len(seeds)} seeds")
+    stored = read_sample_file(path)
+    samples = torch.from_numpy(np.asarray(stored.samples, dtype=np.float64))
+    seeds = [int(s) for s in stored.seeds]
+    levels = None if stored.levels is None else [float(t) for t in stored.levels]
     return Side(path, samples, seeds, levels, run_dir)
 
 

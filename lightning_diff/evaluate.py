@@ -29,7 +29,7 @@ from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.suite import MetricSuite, plan_measurement
 from lightning_diff.progress import with_progress
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
-from lightning_diff.run.rundir import wandb_run_id, write_json_atomic
+from lightning_diff.run.rundir import read_sample_file, wandb_run_id, write_json_atomic
 from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.seeding import sample_seeds, seeded_subset
 from lightning_diff.trained import TrainedRun
@@ -39,30 +39,8 @@ _TRAINING_IMAGES_STREAM = 0x7A1
 
 
 def read_samples(path: str | Path) -> torch.Tensor:
-    """The ``samples`` array of an ``.npz`` file, as float32, checked to be non-empty and finite."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"samples={path}: no such file; give an .npz with an array 'samples' (N, *data_shape)")
-    try:
-        with np.load(path) as archive:
-            if "samples" not in archive.files:
-                raise UserError(
-                    f"{path} has no array 'samples' (it has: {', '.join(archive.files) or 'nothing'}); "
-                    "write the samples as np.savez(path, samples=array)"
-                )
-            array = archive["samples"]
-    except (OSError, ValueError) as err:
-        raise UserError(f"samples={path} is not a readable .npz file ({err})") from err
-    if array.ndim < 2 or array.shape[0] == 0:
-        raise UserError(
-            f"{path}: 'samples' has shape {array.shape}; it must hold at least one sample (N >= 1, *data_shape)"
-        )
-    if not np.issubdtype(array.dtype, np.number):
-        raise UserError(f"{path}: 'samples' has dtype {array.dtype}; it must be numeric")
-    samples = torch.from_numpy(np.asarray(array, dtype=np.float32))
-    if not bool(torch.isfinite(samples).all()):
-        raise UserError(f"{path}: 'samples' contains NaN or infinite values")
-    return samples
+    """The ``samples`` array of an ``.npz`` file, as float32, checked (:func:`read_sample_file`)."""
+    return torch.from_numpy(np.asarray(read_sample_file(path, need_seeds=False).samples, dtype=np.float32))
 
 
 def checkpoint_samples(cfg: DictConfig, ckpt: str | Path, count: int) -> tuple[torch.Tensor, TrainedRun]:

@@ -70,6 +70,9 @@ class TrainedRun:
         denoiser = build(info["config"]["denoiser"], "denoiser", data_shape=shape, grid=grid)
         state = checkpoint.get(WEIGHTS[weights], checkpoint["state_dict"])
         own = {key.removeprefix("denoiser."): value for key, value in state.items() if key.startswith("denoiser.")}
+        broken = [key for key, value in own.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if broken:
+            raise UserError(f"{ckpt}: weights {', '.join(broken[:3])} hold NaN or infinite values; use an earlier checkpoint")
         try:
             denoiser.load_state_dict(own)
         except RuntimeError as err:

@@ -1,5 +1,6 @@
 """Every bad input ends with one clear message naming the key or file and what is valid."""
 
+import json
 import pickle
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lightning_diff.run.cache import file_digest
 from lightning_diff.run.checkpoint import load_checkpoint
 from lightning_diff.run.cli import check_command_line, compose_or_explain, exit_on_user_error
 from lightning_diff.train import train
+from lightning_diff.trained import TrainedRun
 
 
 @pytest.mark.parametrize(
@@ -195,3 +197,54 @@ def test_an_unknown_key_is_judged_against_the_chosen_group_option(capsys):
         check_command_line("train", ["denoiser=unet", "denoiser.num_block=3"])
     assert stopped.value.code == 2
     assert "error: denoiser.num_block=3: no such key; did you mean denoiser.num_blocks?" in capsys.readouterr().err
+
+
+def broken_sample_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Sample files each wrong in one way, with the words of the one line that names it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = np.zeros((4, 1, 8, 8), dtype=np.float32)
+    made = {"corrupt": (folder / "corrupt.npz", "is not a readable .npz file")}
+    made["corrupt"][0].write_bytes(b"PK\x03\x04 not really a zip")
+    cases = {
+        "nan": ({"samples": np.full_like(good, np.nan), "seeds": np.arange(4)}, "holds NaN or infinite values"),
+        "seeds": ({"samples": good, "seeds": np.arange(3)}, "holds 4 samples but seeds of shape (3,)"),
+        "levels": ({"samples": good, "seeds": np.arange(4), "levels": np.array([2.0, 0.5])}, "'levels' must be the grid"),
+    }
+    for name, (arrays, words) in cases.items():
+        np.savez(folder / f"{name}.npz", **arrays)
+        made[name] = (folder / f"{name}.npz", words)
+    return made
+
+
+@pytest.mark.parametrize("case", ["corrupt", "nan", "seeds", "levels"])
+def test_a_broken_sample_file_is_one_line_naming_it_in_compare_evaluate_and_report(tmp_path, case):
+    path, words = broken_sample_files(tmp_path / "files")[case]
+    good = tmp_path / "good.npz"
+    np.savez(good, samples=np.zeros((4, 1, 8, 8), dtype=np.float32), seeds=np.arange(4))
+    sweep = tmp_path / "sweep" / "run"
+    sweep.mkdir(parents=True)
+    (sweep / "run.json").write_text(json.dumps({"config": {"variant": "x"}, "samples": "samples.npz"}))
+    (sweep / "samples.npz").write_bytes(path.read_bytes())
+    runs = {
+        "compare": ["lightning_diff.compare", f"a={good}", f"b={path}", f"out={tmp_path / 'out.json'}"],
+        "evaluate": ["lightning_diff.evaluate", f"samples={path}", "data=digits", f"out={tmp_path / 'out.json'}"],
+        "report": ["lightning_diff.report", f"sweep={tmp_path / 'sweep'}", "reference=x", "figure=false"],
+    }
+    for name, args in runs.items():
+        if name == "evaluate" and case in ("seeds", "levels"):
+            continue  # evaluate reads only the samples of a file
+        result = run_module(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and words in lines[0], (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and not (tmp_path / "out.json").exists()
+        assert not (tmp_path / "sweep" / "report.md").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path):
+    summary = train(train_config(tmp_path / "run", "data.dim=3", "denoiser.fit=sgd", "trainer.max_steps=2"))
+    checkpoint = torch.load(summary["checkpoint"], weights_only=True)
+    key = next(key for key in checkpoint["state_dict"] if key.startswith("denoiser."))
+    checkpoint["state_dict"][key] = torch.full_like(checkpoint["state_dict"][key], float("nan"))
+    torch.save(checkpoint, summary["checkpoint"])
+    with pytest.raises(UserError, match=f"weights {key.removeprefix('denoiser.')}.* hold NaN or infinite values"):
+        TrainedRun.load(tmp_path / "run")

@@ -339,7 +339,7 @@ def fake_run(run_dir: Path, variant: str, family: str, fit: str, size: int, spli
     }
     summary = {"config": config, "metrics": {}, "measure": {"memorized_fraction": memorized}, "samples": "samples.npz"}
     (run_dir / "run.json").write_text(json.dumps(summary))
-    np.savez(run_dir / "samples.npz", samples=samples, seeds=np.arange(len(samples)), levels=np.ones(3))
+    np.savez(run_dir / "samples.npz", samples=samples, seeds=np.arange(len(samples)), levels=np.array([0.9, 0.5, 0.1]))
 
 
 def test_the_dataset_size_table_gives_memorization_agreement_and_r2_to_the_empirical_per_n(tmp_path):

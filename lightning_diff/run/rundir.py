@@ -17,11 +17,13 @@ training's metrics, measurement, world size and nodes.
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lightning_diff.errors import UserError
 from lightning_diff.run.atomic import atomic_write, atomic_write_text
 
 
@@ -56,3 +58,46 @@ def save_samples(path: Path, samples: np.ndarray, levels: list[float], seeds: li
         "seeds": np.asarray(seeds, dtype=np.uint64),
     }
     atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+@dataclass(frozen=True)
+class SampleFile:
+    """A sample file's arrays, checked: ``samples`` (N, *data_shape) finite, ``seeds`` (N,) when
+    present, ``levels`` (the grid sampled, descending) when present."""
+
+    path: Path
+    samples: np.ndarray
+    seeds: np.ndarray | None
+    levels: np.ndarray | None
+
+
+def read_sample_file(path: str | Path, need_seeds: bool = True) -> SampleFile:
+    """The arrays of a sample file (``samples.npz`` of a run, or any ``.npz`` with them), or one
+    :class:`UserError` naming the file and what is wrong with it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{path}: no such sample file; give a run directory with samples.npz or an .npz file")
+    try:
+        with np.load(path) as stored:
+            arrays = {name: stored[name] for name in ("samples", "seeds", "levels") if name in stored.files}
+            names = stored.files
+    except Exception as err:  # a truncated or foreign file fails with zipfile's, pickle's or numpy's own errors
+        raise UserError(f"{path} is not a readable .npz file ({type(err).__name__}: {err})") from err
+    wanted = ("samples", "seeds") if need_seeds else ("samples",)
+    missing = [name for name in wanted if name not in arrays]
+    if missing:
+        raise UserError(
+            f"{path} has no array {' or '.join(map(repr, missing))} (it has: {', '.join(names) or 'nothing'}); write "
+            "np.savez(path, samples=array, seeds=per_sample_seeds)"
+        )
+    samples, seeds, levels = arrays["samples"], arrays.get("seeds"), arrays.get("levels")
+    if samples.ndim < 2 or samples.shape[0] == 0 or not np.issubdtype(samples.dtype, np.number):
+        raise UserError(f"{path}: 'samples' has shape {samples.shape} and dtype {samples.dtype}; it must hold numbers, "
+                        "at least one sample (N >= 1, *data_shape)")
+    if not np.isfinite(samples).all():
+        raise UserError(f"{path}: 'samples' holds NaN or infinite values; the model that drew them diverged")
+    if seeds is not None and seeds.shape != (samples.shape[0],):
+        raise UserError(f"{path} holds {samples.shape[0]} samples but seeds of shape {seeds.shape}: one seed per sample")
+    if levels is not None and (levels.ndim != 1 or not np.isfinite(levels).all() or not ((levels > 0) & (levels < 1)).all()):
+        raise UserError(f"{path}: 'levels' must be the grid sampled, noise variances in (0, 1); it holds {levels}")
+    return SampleFile(path, samples, seeds, levels)

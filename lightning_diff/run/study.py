@@ -20,6 +20,7 @@ import yaml
 
 from lightning_diff.errors import UserError
 from lightning_diff.run.atomic import atomic_write, atomic_write_text
+from lightning_diff.run.rundir import read_sample_file
 
 LEVEL_KEY = re.compile(r"^val/loss_level_(\d+)$")
 MEASURE_PREFIX = "measure/"
@@ -105,6 +106,8 @@ def read_run_dir(run_dir: Path) -> Run:
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     # Looked up beside run.json rather than at the recorded path, so a sweep directory copied off a cluster works.
     samples = run_dir / Path(summary["samples"]).name if summary.get("samples") else None
+    if samples is not None and samples.is_file():
+        read_sample_file(samples)  # a broken file is named now, before any table or figure is written
     metrics = summary.get("metrics") or {}
     return Run(
         name=config.get("variant") or "",
@@ -230,9 +233,9 @@ def last_quarter_changes(history: list[dict[str, Any]]) -> list[float] | None:
 
 
 def load_samples(path: Path) -> tuple[torch.Tensor, np.ndarray]:
-    """The samples and their per-sample seeds from a run's samples.npz."""
-    with np.load(path) as archive:
-        return torch.from_numpy(np.asarray(archive["samples"], dtype=np.float32)), archive["seeds"]
+    """The samples and their per-sample seeds from a run's samples.npz, checked (:func:`read_sample_file`)."""
+    stored = read_sample_file(path)
+    return torch.from_numpy(np.asarray(stored.samples, dtype=np.float32)), stored.seeds
 
 
 @dataclass(frozen=True)
