@@ -17,7 +17,7 @@ from lightning_diff.compose import build
 from lightning_diff.figures.grids import save_grid
 from lightning_diff.metrics.nearest import copy_fraction
 from lightning_diff.run.cli import compose_or_explain, exit_on_user_error
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 
 def demo(overrides: list[str], root: Path) -> dict[str, dict[str, float]]:

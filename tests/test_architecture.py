@@ -32,6 +32,7 @@ MAY_IMPORT = {
     "module": {"run", "diffusion", "denoisers"},
     "callbacks": {"run", "diffusion", "denoisers", "metrics", "figures", "compose", "module"},
     "trained": {"run", "diffusion", "denoisers", "compose"},
+    "training": {"run", "diffusion", "denoisers", "metrics", "figures", "theory", "compose", "module", "callbacks"},
 }
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 500
@@ -72,6 +73,12 @@ def test_every_import_follows_the_layer_rule():
             if part_of(target) not in allowed:
                 broken.append(f"{name} imports {target}")
     assert not broken, "imports against docs/architecture.md:\n" + "\n".join(broken)
+
+
+def test_no_entry_point_imports_another():
+    for name, path in modules().items():
+        if part_of(name) in ENTRY_POINTS:
+            assert not {part_of(t) for t in imported(path)} & (ENTRY_POINTS - {part_of(name)}), name
 
 
 def test_nothing_below_the_entry_points_imports_them():
@@ -188,7 +195,7 @@ def test_the_readme_family_example_trains_with_the_shared_objective(tmp_path, mo
 
     from conftest import train_config
     from lightning_diff.denoisers import registry
-    from lightning_diff.train import train
+    from lightning_diff.training import train
 
     section = (REPO / "README.md").read_text().split("### Adding a family")[1].split("### ")[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)

@@ -14,8 +14,8 @@ from lightning_diff.metrics.fid import KNOWN_WEIGHTS
 from lightning_diff.run.cache import file_digest
 from lightning_diff.run.checkpoint import load_checkpoint
 from lightning_diff.run.cli import check_command_line, compose_or_explain, exit_on_user_error
-from lightning_diff.train import train
 from lightning_diff.trained import TrainedRun
+from lightning_diff.training import train
 
 
 @pytest.mark.parametrize(

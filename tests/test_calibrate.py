@@ -13,8 +13,8 @@ from lightning_diff.calibrate import calibrate
 from lightning_diff.errors import UserError
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.seeding import calibration_seeds, sample_seeds
-from lightning_diff.train import train
 from lightning_diff.trained import TrainedRun
+from lightning_diff.training import train
 
 # 8x8 digits; a grid whose levels tell patch sizes apart (at t near 1 every machine gives the mean).
 REFERENCE = ["data=digits", "data.num_train=60", "data.num_val=20", "denoiser=local_score", "denoiser.padding=zeros",

@@ -15,7 +15,7 @@ from lightning_diff.denoisers import local_score
 from lightning_diff.diffusion.config import Diffusion
 from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.diffusion.samplers import make_sampler
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 MACHINE = ["data=digits", "data.num_train=60", "data.num_val=40", "denoiser=local_score", "denoiser.patch_sizes=3",
            "diffusion.num_levels=3", "num_samples=4", "callbacks.measure.num_samples=4"]

@@ -19,7 +19,7 @@ from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import display_side
 from lightning_diff.run.cli import CONF_DIR
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 
 def compare_config(*overrides: str):

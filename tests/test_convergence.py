@@ -13,7 +13,7 @@ from lightning_diff.errors import UserError
 from lightning_diff.module import DiffusionModule
 from lightning_diff.report import rows
 from lightning_diff.run.study import Run, convergence, last_quarter_changes, longer_overrides, unconverged
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 
 def history(*losses: list[float], every: int = 250) -> list[dict]:

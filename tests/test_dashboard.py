@@ -22,7 +22,7 @@ from lightning_diff.figures.workspace import layout
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.run.logged_keys import sweep_runs
-from lightning_diff.train import train
+from lightning_diff.training import train
 from wandb_offline import records
 
 GROUP = "study-7"

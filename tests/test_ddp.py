@@ -13,7 +13,7 @@ from conftest import LINEAR_SGD, train_config
 from lightning_diff.errors import UserError
 from lightning_diff.run.distributed import local_world_size
 from lightning_diff.run.rundir import checkpoint_path, wandb_run_id
-from lightning_diff.train import train
+from lightning_diff.training import train
 from wandb_offline import offline_runs, run_record
 
 DDP_SPAWN = ["trainer.strategy=ddp_spawn", "trainer.devices=2"]

@@ -23,7 +23,7 @@ from lightning_diff.evaluate import evaluate
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file, resolve_weights
 from lightning_diff.prefetch import prefetch
 from lightning_diff.run.cli import CONF_DIR
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 DIGITS = ["data=digits", "data.num_train=60", "data.num_val=20"]
 

@@ -11,8 +11,8 @@ from lightning_diff.denoisers.linear import WienerDenoiser
 from lightning_diff.diffusion.grids import make_grid
 from lightning_diff.diffusion.samplers import make_sampler
 from lightning_diff.seeding import sample_seeds
-from lightning_diff.train import train
 from lightning_diff.trained import TrainedRun
+from lightning_diff.training import train
 
 
 def nearest_two(samples: torch.Tensor, train_set: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_module, train_config
 from lightning_diff.errors import UserError
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 TINY_DIGITS = ["data=digits", "data.image_size=16", "data.num_train=64", "data.num_val=16", "data.batch_size=8"]
 FAMILIES = {

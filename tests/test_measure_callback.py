@@ -17,7 +17,7 @@ from lightning_diff.callbacks.measure import TABLE_COLUMNS
 from lightning_diff.errors import UserError
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
 from lightning_diff.run.cache import file_digest
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 BLOCK = 32 * 1024  # LevelDB log framing of run-*.wandb: 32 KiB blocks, 7-byte record headers
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4

@@ -20,7 +20,7 @@ from lightning_diff.diffusion.grids import NoiseGrid
 from lightning_diff.errors import UserError
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.sweep import expand, trained_presets
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 PRESET_DIR = Path(CONF_DIR) / "experiment" / "paper" / "unet"
 PRESETS = sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))

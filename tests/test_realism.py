@@ -177,7 +177,7 @@ def test_evaluate_training_images_gives_the_datas_own_row(tmp_path: Path, fashio
 def test_the_fallback_is_said_once_by_the_measuring_callback(tmp_path: Path) -> None:
     """A training run on data without a test split warns once that realism is read against training images."""
     from conftest import train_config
-    from lightning_diff.train import train
+    from lightning_diff.training import train
 
     features = tiny_timm_settings(tmp_path)
     cfg = train_config(

@@ -24,7 +24,7 @@ from lightning_diff.report import report
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.run.study import Run, halves, runs_in_directory, runs_in_wandb_group
 from lightning_diff.seeding import calibration_seeds, sample_seeds
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 TINY = [
     "data.num_train=24",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module, train_config
-from lightning_diff.train import train
+from lightning_diff.training import train
 
 
 @pytest.fixture(scope="module")

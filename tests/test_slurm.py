@@ -26,7 +26,7 @@ from conftest import LINEAR_SGD, REPO, require_system, train_config
 from lightning_diff.errors import UserError
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.sweep import expand, run_overrides
-from lightning_diff.train import train
+from lightning_diff.training import train
 from slurm_cluster import LocalSlurm
 from wandb_offline import offline_runs, run_record
 

@@ -17,8 +17,8 @@ from lightning_diff.errors import UserError
 from lightning_diff.metrics.nearest import copy_fraction
 from lightning_diff.seeding import sample_seeds
 from lightning_diff.theory.linear import GaussianPrediction
-from lightning_diff.train import train
 from lightning_diff.trained import TrainedRun
+from lightning_diff.training import train
 from wandb_offline import offline_runs, records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
