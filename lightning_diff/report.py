@@ -224,7 +224,7 @@ def write_floor_figure(out: Path, table: list[dict[str, Any]], floor: Floor) -> 
     """``report_floor.png``: every run's same-noise agreement and r^2 with the reference on the
     floor's data half, against the seed-to-seed band."""
     shown = [row for row in table if row["split"] == floor.split and isinstance(row["r2_vs_reference"], Interval)
-             and not row["variant"].startswith("seed-to-seed floor")]
+             and row["run"] is not None]  # the runs, not the floor's own row
     labels = [row["variant"] if row["seed"] is None else f"{row['variant']} (seed {row['seed']})" for row in shown]
     values = {
         "r2": [row["r2_vs_reference"].value for row in shown],
@@ -323,7 +323,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     agreement = agreements(runs)  # read by the table and the dataset-size table: loaded once
     columns, table = rows(runs, cfg.get("reference"), explained, float(cfg.convergence_tolerance), floor, agreement,
                           controls)
-    judged = verdicts([row for row in table if not row["variant"].startswith("seed-to-seed floor")], cfg.get("reference"))
+    judged = verdicts(table[: len(runs)], cfg.get("reference"))  # one row per run; the floor's row follows
     warn_unconverged(table)
     shown = runs
     if cfg.get("show_split") is not None:

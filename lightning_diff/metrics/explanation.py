@@ -136,16 +136,18 @@ def explanations(
         trained = of(run)
         assert trained is not None
         explainers = {
-            other.name: (roles[id(other)], of(other))
+            other.name: other
             for other in runs
             if roles[id(other)] in ("machine", "baseline") and other.same_images(run)
         }
-        usable = {name: (kind, g) for name, (kind, g) in explainers.items() if g is not None and comparable(trained, g)}
+        usable = {
+            name: (roles[id(other)], of(other))
+            for name, other in explainers.items()
+            if of(other) is not None and comparable(trained, of(other))
+        }
         if usable:
             found[id(run)] = explain_one(trained, usable)
-            found[id(run)]["in_sample"] = [
-                other.name for other in runs if other.name in usable and chose_on(other, trained.seeds)
-            ]
+            found[id(run)]["in_sample"] = [name for name in usable if chose_on(explainers[name], trained.seeds)]
     return found
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from lightning_diff.errors import UserError
+from lightning_diff.run.wandb_log import wandb_api
 from lightning_diff.run.wandb_records import records
 
 NUMBER = "number"
@@ -112,15 +113,7 @@ def wandb_group_runs(project: str, group: str, job_types: list[str], api: Any = 
     """The runs of the W&B ``group`` in ``project`` (``entity/project`` or ``project``) and those of
     ``job_types`` without a group, with their summary keys (every key a run logged has a summary value)."""
     if api is None:
-        import wandb
-
-        try:
-            api = wandb.Api()
-        except Exception as err:  # wandb raises its own types for missing keys and no network
-            raise UserError(
-                f"cannot reach W&B to read group {group!r} ({err}); log in with `wandb login` on a machine with "
-                "network, or build the dashboard from the runs' files with sweep=<the sweep directory>"
-            ) from err
+        api = wandb_api(group, "build the dashboard from the runs' files with sweep=<the sweep directory>")
     shown = [{"group": group}, {"jobType": {"$in": job_types}}] if job_types else [{"group": group}]
     try:
         found = list(api.runs(project, filters={"$or": shown}))

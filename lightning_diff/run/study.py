@@ -21,6 +21,7 @@ import yaml
 from lightning_diff.errors import UserError
 from lightning_diff.run.atomic import atomic_write, atomic_write_text
 from lightning_diff.run.rundir import read_sample_file
+from lightning_diff.run.wandb_log import wandb_api
 
 LEVEL_KEY = re.compile(r"^val/loss_level_(\d+)$")
 MEASURE_PREFIX = "measure/"
@@ -146,15 +147,7 @@ def runs_in_directory(root: Path) -> list[Run]:
 def runs_in_wandb_group(project: str, group: str, api: Any = None) -> list[Run]:
     """Every run of the W&B ``group`` in ``project`` (``entity/project`` or ``project``)."""
     if api is None:
-        import wandb
-
-        try:
-            api = wandb.Api()
-        except Exception as err:  # wandb raises its own types for missing keys and no network
-            raise UserError(
-                f"cannot reach W&B to read group {group!r} ({err}); log in with `wandb login` on a machine with "
-                "network, or report from the run directories with sweep=<the sweep directory>"
-            ) from err
+        api = wandb_api(group, "report from the run directories with sweep=<the sweep directory>")
     try:
         found = list(api.runs(project, filters={"group": group}))
     except Exception as err:

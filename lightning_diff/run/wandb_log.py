@@ -1,10 +1,12 @@
 """Numbers and images into a W&B run from outside training: evaluate (into the training run),
-compare and calibrate (a run of their own). Offline unless WANDB_MODE says otherwise, like the
+compare and calibrate (a run of their own); and the W&B API that reads runs back. Offline unless WANDB_MODE says otherwise, like the
 training logger, so no account or network is needed; ``wandb sync`` uploads later."""
 
 import os
 from pathlib import Path
 from typing import Any
+
+from lightning_diff.errors import UserError
 
 
 def log_to_wandb(
@@ -39,3 +41,17 @@ def log_to_wandb(
         return Path(run.dir).parent
     finally:
         run.finish()
+
+
+def wandb_api(group: str, instead: str) -> Any:
+    """The W&B public API, or one :class:`UserError` saying what reading ``group`` needs and what to
+    do ``instead`` without network."""
+    import wandb
+
+    try:
+        return wandb.Api()
+    except Exception as err:  # wandb raises its own types for missing keys and no network
+        raise UserError(
+            f"cannot reach W&B to read group {group!r} ({err}); log in with `wandb login` on a machine with "
+            f"network, or {instead}"
+        ) from err
