@@ -9,7 +9,8 @@ config (``data=...``, or the checkpoint's own) with the top-level ``metrics`` se
 ``memorized_fraction``, ``d1_median`` and the other d1 quantiles, for images ``fid@<n>``,
 ``kid@<n>``, ``precision@<n>``, ... against held-out images when the feature network's weights are
 found, the distribution distances for synthetic data, and ``agreement_cosine_mean`` against a
-second model with ``compare=``. The JSON goes to stdout (progress and warnings to stderr), to
+second model with ``compare=``. With ``training_images=N as_run=DIR`` the result is also written as
+``DIR/run.json``, the data's reference row in a report of the sweep holding DIR. The JSON goes to stdout (progress and warnings to stderr), to
 ``out=FILE`` when given, and with ``wandb=true`` into the run's W&B run under ``eval/``.
 """
 
@@ -132,9 +133,25 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print(text, flush=True)
     if cfg.get("out"):
         write_json_atomic(Path(cfg.out).expanduser(), result)
+    if cfg.get("as_run"):
+        write_reference_row(cfg, result)
     if cfg.get("wandb"):
         _log_to_wandb(cfg, result, project)
     return result
+
+
+def write_reference_row(cfg: DictConfig, result: dict[str, Any]) -> Path:
+    """``<as_run>/run.json`` of the training images measured as samples: a report of the sweep
+    holding it shows the data's own scores as a row (what "as realistic as the data" reads)."""
+    if cfg.get("training_images") is None:
+        raise UserError("as_run= writes the training images' reference row: use it with training_images=N data=<name>")
+    path = Path(str(cfg.as_run)).expanduser() / "run.json"
+    summary = {
+        "config": {"variant": "training images", "data": plain(cfg.data), "seed": int(cfg.seed)},
+        "measure": {key: value for key, value in result.items() if isinstance(value, (int, float))},
+    }
+    write_json_atomic(path, summary)
+    return path
 
 
 def _log_to_wandb(cfg: DictConfig, result: dict[str, Any], project: str) -> None:

@@ -148,8 +148,8 @@ def test_the_width_presets_halve_and_double_the_study_base_width():
             for name in ("paper", "width_half", "width_double", "no_skip")
         }
         assert widths == {"paper": width, "width_half": width // 2, "width_double": 2 * width, "no_skip": width}
-    # An odd base width has no half: the UNet says so when it is built.
-    with pytest.raises(UserError, match=r"denoiser.base_channels=4.5 is not valid; it must be an integer >= 1"):
+    # An odd base width has no half: building says so (the UNet's base_channels takes an integer).
+    with pytest.raises(UserError, match=r"denoiser.base_channels=4.5 is not valid: it must be an integer"):
         build(preset("width_half", "unet_width=9").denoiser, "denoiser", data_shape=(1, 16, 16),
               grid=NoiseGrid(torch.tensor([0.1, 0.5, 0.9])))
 

@@ -2,6 +2,7 @@
 features against direct computations and the ``prdc`` package; the held-out reference (the test
 split, or training images named as such); the data's own row from ``evaluate training_images=N``."""
 
+import csv
 import json
 import warnings
 from pathlib import Path
@@ -160,10 +161,18 @@ def test_evaluate_training_images_gives_the_datas_own_row(tmp_path: Path, fashio
         "+metrics.features.model_kwargs.img_size=32", f"metrics.features.weights={features['weights']}",
         f"metrics.features.sha256={features['sha256']}",
     ]
-    proc = run_module("lightning_diff.evaluate", *overrides)
+    proc = run_module("lightning_diff.evaluate", *overrides, f"as_run={tmp_path / 'sweep' / 'data'}")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["source"] == "training_images=16" and result["num_samples"] == 16
+    # Written as a run, it is the data's reference row of a report of the sweep, judged "data" (not a copier).
+    reported = run_module("lightning_diff.report", f"sweep={tmp_path / 'sweep'}", "reference=null", "figure=false")
+    assert reported.returncode == 0, reported.stderr
+    (row,) = json.loads((tmp_path / "sweep" / "verdicts.json").read_text())["rows"]
+    assert (row["variant"], row["verdict"]) == ("training images", "data")
+    with (tmp_path / "sweep" / "report.csv").open() as handle:
+        (table,) = list(csv.DictReader(handle))
+    assert float(table["kd_test_vit@16"]) == result["kd_test_vit@16"]
     assert result["memorized_fraction"] == 1.0  # training images are their own nearest training image
     realism = ["fd_test_vit@16", "kd_test_vit@16", "kd_test_vit_std@16"]
     realism += [f"{measure}_test_vit@16" for measure in ("precision", "recall", "density", "coverage")]

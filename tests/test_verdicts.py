@@ -7,7 +7,8 @@ from lightning_diff.metrics.verdicts import VERDICTS, verdict, verdicts
 
 
 def row(variant: str, beyond: str | None, memorized: Interval | float | None = None, kid=None) -> dict:
-    found = {"variant": variant, "split": "half_a", "seed": 1, "beyond_floor": beyond, "memorized_fraction": memorized}
+    found = {"variant": variant, "split": "half_a", "seed": 1, "family": "unet", "beyond_floor": beyond,
+             "memorized_fraction": memorized}
     if kid is not None:
         found["kid@256"], found["kid_std@256"] = kid
     return found
@@ -26,6 +27,7 @@ REFERENCE = row("paper", "control", kid=(0.010, 0.002))
         (row("x", "yes"), "differs"),  # no KID measured
         (row("x", "control"), "control"),
         (row("x", None), "undetermined"),
+        ({**row("training images", None, Interval(1.0, 0.98, 1.0)), "family": None}, "data"),  # not a copier
     ],
 )
 def test_each_verdict_follows_from_the_intervals(case, expected):

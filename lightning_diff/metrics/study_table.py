@@ -6,6 +6,7 @@ comparisons with the reference across training seeds. ``python -m lightning_diff
 from typing import Any
 
 from lightning_diff.metrics.declared import measured_columns
+from lightning_diff.metrics.explanation import family_of
 from lightning_diff.metrics.intervals import Interval
 from lightning_diff.metrics.same_noise import Floor, SameNoise, agreements, beyond_floor, reference_comparisons
 from lightning_diff.run.study import CONVERGENCE_TOLERANCE, Run, convergence
@@ -130,6 +131,7 @@ def rows(
             "variant": run.name,
             "split": run.split,
             "seed": run.config.get("seed"),
+            "family": family_of(run),  # None for the data's reference row (no denoiser)
             "num_parameters": run.num_parameters,
             "val_loss": run.val_loss,
             "val_loss_per_level": run.val_losses or None,

@@ -2,6 +2,8 @@
 
 Per run, in this order (the first that holds):
 
+- ``data``: the training images measured as samples (``evaluate training_images=N as_run=DIR``):
+  the reference row every realism number is read against, not a generator;
 - ``copies``: the lower end of the memorized fraction's exact 95% interval is above 0 (at least
   one sample copies a training image, beyond doubt at that level);
 - ``control``: the run is one of the reference's seed controls (the floor itself);
@@ -18,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-VERDICTS = ("copies", "control", "differs, less realistic", "differs", "same generator", "undetermined")
+VERDICTS = ("data", "copies", "control", "differs, less realistic", "differs", "same generator", "undetermined")
 
 
 def kid_interval(row: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -36,6 +38,8 @@ def verdict(row: Mapping[str, Any], reference_row: Mapping[str, Any] | None) -> 
     :class:`~lightning_diff.metrics.intervals.Interval` where its exact interval is known),
     ``beyond_floor`` ("yes", "no", "control" or None) and KID keys; ``reference_row`` is the
     reference's row on the same images (for KID), or None."""
+    if row.get("family") is None:
+        return "data", "the training images themselves: the reference row (memorized 1 by definition)"
     low = getattr(row.get("memorized_fraction"), "low", None)
     if low is not None and low > 0:
         return "copies", f"memorized fraction's 95% interval starts at {low:.3g} > 0"
