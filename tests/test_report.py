@@ -17,7 +17,7 @@ from conftest import run_module, train_config
 from lightning_diff.errors import UserError
 from lightning_diff.figures.grids import LABEL_WIDTH, PADDING, PAIR_PADDING, display_side
 from lightning_diff.metrics.agreement import TwoModelAgreement
-from lightning_diff.metrics.explanation import Generated, explain_one, explanations
+from lightning_diff.metrics.explanation import Generated, chose_on, explain_one, explanations
 from lightning_diff.metrics.intervals import bootstrap, nan_mean, paired_difference
 from lightning_diff.metrics.r2 import per_sample_r2, per_sample_sse
 from lightning_diff.report import report
@@ -398,3 +398,9 @@ def test_a_machine_scored_on_the_seeds_that_calibrated_it_is_marked_in_sample():
         made = {name: Generated(torch.randn(4, 1, 4, 4, generator=gen).double(), seeds, None) for name in ("paper", "els", "linear")}
         (result,) = explanations(runs, set(), lambda r, made=made: made[r.name]).values()
         assert result["in_sample"] == marked
+
+
+def test_a_malformed_calibration_record_is_named():
+    machine = Run("els", "full", {"calibrated_on": {"seed": "zero"}}, "runs/els")
+    with pytest.raises(UserError, match=r"runs/els: calibrated_on=\{'seed': 'zero'\} is not a calibration record"):
+        chose_on(machine, np.arange(3))

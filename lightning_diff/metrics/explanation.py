@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_diff.errors import UserError
 from lightning_diff.metrics.intervals import bootstrap
 from lightning_diff.metrics.r2 import per_sample_pearson, per_sample_r2, per_sample_sse
 from lightning_diff.run.study import Run
@@ -156,5 +157,10 @@ def chose_on(machine: Run, seeds: np.ndarray) -> bool:
     record = machine.config.get("calibrated_on")
     if not record:
         return False
-    chosen = calibration_seeds(int(record["seed"]), int(record["num_samples"]))
+    if not isinstance(record, dict) or not all(isinstance(record.get(key), int) for key in ("seed", "num_samples")):
+        raise UserError(
+            f"{machine.location}: calibrated_on={record!r} is not a calibration record ({{seed, num_samples}}, as "
+            "calibrate's overrides.txt writes it); train the machine again with those overrides"
+        )
+    chosen = calibration_seeds(record["seed"], record["num_samples"])
     return bool(set(chosen) & {int(seed) for seed in seeds})
