@@ -40,8 +40,8 @@ PADDINGS = ("circular", "zeros")
 # blocks, 0.25 with 2M, 0.33 with 4M: the block stays nearer the caches).
 BLOCK_ELEMENTS = 1 << 20
 # Queries (pixels x samples) handled at once: more would shrink the candidate chunks below 256 and
-# rescale a larger accumulator after each, a cost quadratic in the batch (measured: 23 ms per image
-# at batches of 16 and 64, 240 ms at 256, before queries were blocked).
+# rescale a larger accumulator after each, a cost quadratic in the batch (issue 23's validation of
+# 500 images in one batch; docs/performance.md, "A closed-form machine's run").
 QUERY_ROWS = BLOCK_ELEMENTS // 256
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 # Largest worst-case bound on a float32 logit's rounding (logit_rounding) accepted. The bound
