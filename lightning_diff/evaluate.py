@@ -31,6 +31,7 @@ from lightning_diff.metrics.suite import MetricSuite, plan_measurement
 from lightning_diff.progress import with_progress
 from lightning_diff.run.cli import CONF_DIR, check_command_line, exit_on_user_error
 from lightning_diff.run.rundir import read_sample_file, wandb_run_id, write_json_atomic
+from lightning_diff.run.study import read_run_dir
 from lightning_diff.run.wandb_log import log_to_wandb
 from lightning_diff.seeding import sample_seeds, seeded_subset
 from lightning_diff.trained import TrainedRun
@@ -79,6 +80,20 @@ def training_images(datamodule: Any, count: int, seed: int) -> torch.Tensor:
     return train[seeded_subset(train.shape[0], count, seed, _TRAINING_IMAGES_STREAM)]
 
 
+def data_config(cfg: DictConfig) -> dict[str, Any]:
+    """The data that samples or training images are measured against: ``data=<name>``, or the data a
+    finished run was trained on (``data_of=RUN_DIR``, e.g. a study's reference row)."""
+    if cfg.get("data_of"):
+        return read_run_dir(Path(str(cfg.data_of)).expanduser()).config.get("data") or {}
+    if not cfg.get("data"):
+        what = f"samples={cfg.samples}" if cfg.get("samples") is not None else f"training_images={cfg.training_images}"
+        raise UserError(
+            f"{what} needs the data they are measured against: add data=<name> (e.g. data=digits) or "
+            "data_of=<a run directory trained on them>"
+        )
+    return plain(cfg.data)
+
+
 def what_to_measure(cfg: DictConfig) -> tuple[torch.Tensor, Any, str, str]:
     """The samples ``cfg`` names, the datamodule they are measured against, the W&B project and
     how the result names its source."""
@@ -96,10 +111,7 @@ def what_to_measure(cfg: DictConfig) -> tuple[torch.Tensor, Any, str, str]:
         project = (run.config.get("logger") or {}).get("project") or DEFAULT_PROJECT
         datamodule = build(plain(cfg.data), "data") if cfg.get("data") else run.datamodule()
         return samples, datamodule, project, str(cfg.ckpt)
-    if not cfg.get("data"):
-        what = f"samples={cfg.samples}" if cfg.get("samples") is not None else f"training_images={cfg.training_images}"
-        raise UserError(f"{what} needs the data they are measured against: add data=<name> (e.g. data=digits)")
-    datamodule = build(plain(cfg.data), "data")
+    datamodule = build(data_config(cfg), "data")
     if cfg.get("samples") is not None:
         return read_samples(cfg.samples), datamodule, DEFAULT_PROJECT, str(cfg.samples)
     count = int(cfg.training_images)
@@ -147,7 +159,7 @@ def write_reference_row(cfg: DictConfig, result: dict[str, Any]) -> Path:
         raise UserError("as_run= writes the training images' reference row: use it with training_images=N data=<name>")
     path = Path(str(cfg.as_run)).expanduser() / "run.json"
     summary = {
-        "config": {"variant": "training images", "data": plain(cfg.data), "seed": int(cfg.seed)},
+        "config": {"variant": "training images", "data": data_config(cfg), "seed": int(cfg.seed)},
         "measure": {key: value for key, value in result.items() if isinstance(value, (int, float))},
     }
     write_json_atomic(path, summary)

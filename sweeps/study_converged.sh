@@ -17,7 +17,9 @@
 # are made from it: KEEP_DIR/grid/report.* (every run), KEEP_DIR/grid/half_a_report/ (the half_a
 # runs with the figures) and KEEP_DIR/dataset_size/report.*.
 #
-# Every trained change of the paper UNet is also trained with a second seed on half_a's images
+# The training images of each half are measured as samples (evaluate training_images=N, N =
+# REFERENCE_IMAGES, 256 like the study's samples) into KEEP_DIR/grid/<half>/data: the report's
+# data row, judged "data". Every trained change of the paper UNet is also trained with a second seed on half_a's images
 # (the floor's), so the report reads it against the paper UNet across training seeds only.
 #
 # A trained run whose validation loss still fell >= 2% over its last quarter (at some level) is
@@ -72,6 +74,14 @@ calibrated() {  # calibrated MACHINE: its calibrated knob and the calibration se
 
 echo "== the paper UNet on both halves"
 run_halves paper
+
+echo "== the training images' own scores (the report's data row), against the same held-out images"
+for half in half_a half_b; do
+    if [ ! -f "$keep/grid/$half/data/run.json" ]; then
+        "$python" -m lightning_diff.evaluate training_images="${REFERENCE_IMAGES:-256}" data_of="$keep/grid/$half/paper" \
+            as_run="$keep/grid/$half/data" progress=false >/dev/null || { echo "the data row of $half failed" >&2; exit 1; }
+    fi
+done
 
 echo "== calibrating the local score machines against the paper UNet (half_a)"
 reference="$out/grid/half_a/paper"

@@ -173,6 +173,11 @@ def test_evaluate_training_images_gives_the_datas_own_row(tmp_path: Path, fashio
     with (tmp_path / "sweep" / "report.csv").open() as handle:
         (table,) = list(csv.DictReader(handle))
     assert float(table["kd_test_vit@16"]) == result["kd_test_vit@16"]
+    # data_of= reads the data from a run directory (here the row just written): the same images, the same scores.
+    again = run_module("lightning_diff.evaluate", *[o for o in overrides if not o.startswith("data")],
+                       f"data_of={tmp_path / 'sweep' / 'data'}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["kd_test_vit@16"] == result["kd_test_vit@16"]
     assert result["memorized_fraction"] == 1.0  # training images are their own nearest training image
     realism = ["fd_test_vit@16", "kd_test_vit@16", "kd_test_vit_std@16"]
     realism += [f"{measure}_test_vit@16" for measure in ("precision", "recall", "density", "coverage")]

@@ -55,7 +55,7 @@ def test_keeping_an_unfinished_run_is_refused(tmp_path):
 
 def converged_study(out: Path, keep: Path, root: str, tolerance: str = "1e9") -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, GRID="empirical", SIZES="12", CANDIDATES="[1,3]",
-               TOLERANCE=tolerance)
+               TOLERANCE=tolerance, REFERENCE_IMAGES="8")
     overrides = [
         *TINY, f"data.root={root}", "unet_width=4", "trainer.max_steps=8", "trainer.val_check_interval=2",
         "callbacks.checkpoint_every_n_steps=4", "trainer.enable_progress_bar=false",
@@ -87,6 +87,12 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
             f"paper_seed{seed}", seed, 0, 0)
     report = (keep / "grid" / "report.md").read_text()
     assert "seed-to-seed floor (paper x 3 seeds)" in report
+    # Each half's training images, measured as samples, are the report's data row.
+    for half in ("half_a", "half_b"):
+        row = json.loads((keep / "grid" / half / "data" / "run.json").read_text())
+        assert row["config"]["data"]["split"] == half and row["measure"]["num_samples"] == 8
+    verdicts = json.loads((keep / "grid" / "verdicts.json").read_text())
+    assert [entry["split"] for entry in verdicts["rows"] if entry["verdict"] == "data"] == ["half_a", "half_b"]
     sizes = json.loads((keep / "dataset_size" / "dataset_size.json").read_text())
     assert [(row["variant"], row["N"], row["runs"]) for row in sizes] == [("paper", 12, 2), ("paper", 24, 2)]
     assert all(row["two-model agreement"] is not None and row["r2 vs empirical"] is not None for row in sizes)
