@@ -17,6 +17,7 @@ from lightning_diff.denoisers.registry import families
 PACKAGE = REPO / "lightning_diff"
 ENTRY_POINTS = {
     "train", "sample", "evaluate", "compare", "calibrate", "report", "prefetch", "demo", "sweep", "dashboard", "adopt",
+    "results_table", "quoted_numbers",
 }
 FOUNDATION = {"errors", "seeding", "progress"}
 # Layer of each top-level part, and the layers it may import (besides itself and the foundation).
