@@ -11,9 +11,11 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def synchronize(device: torch.device) -> None:
@@ -22,13 +24,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes, its device work included."""
+def timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Seconds one call of ``fn`` takes, its device work included, and what it returned."""
     synchronize(device)
     start = time.perf_counter()
-    fn()
+    value = fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, value
+
+
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, its device work included."""
+    return timed(fn, device)[0]
 
 
 def interleaved(
