@@ -1,7 +1,8 @@
 """Where a training run's wall time goes: ``python -m benchmarks.run_phases --out FILE.json -- <train overrides>``.
 
 Runs ``python -m lightning_diff.train``'s Hydra main with the overrides, timing Lightning's
-``Trainer.fit`` (with the measuring callback), ``Trainer.validate`` and the final sampling
+``Trainer.fit`` (with the measuring callback), the measuring callback's own measurements inside it
+(``Measure.measure``: sampling, features, metrics), ``Trainer.validate`` and the final sampling
 (``write_samples``), and writes them with the total, the overrides, the commit and the machine to
 ``--out``. It patches by name whatever ``lightning_diff`` is imported, so the same script times an
 older checkout (``PYTHONPATH=<its checkout>:. python benchmarks/run_phases.py ...``): issue 23's closed-form example was measured so,
@@ -47,6 +48,9 @@ def main() -> None:
     phases: dict[str, float] = {}
     L.Trainer.fit = timed(phases, "fit (with the measuring callback)", L.Trainer.fit)
     L.Trainer.validate = timed(phases, "validate", L.Trainer.validate)
+    measuring = sys.modules.get("lightning_diff.callbacks.measure")
+    if measuring is not None:  # an older checkout may not have the callback
+        measuring.Measure.measure = timed(phases, "measure (inside fit)", measuring.Measure.measure)
     library.write_samples = timed(phases, "samples", library.write_samples)
     sys.argv = [sys.argv[0], *args.overrides]
     started = time.perf_counter()
