@@ -62,6 +62,7 @@ from lightning_diff.denoisers.patch_posterior import (
     LOGIT_ROUNDING,
     QUERY_ROWS,
     exact_posterior,
+    shifted_weights,
 )
 from lightning_diff.denoisers.patch_tree import PatchTree, build_tree, tree_depth
 from lightning_diff.denoisers.registry import family
@@ -282,7 +283,7 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
             logits = window_sums(window_sums(grid, 1, size, self.padding, windows), 0, size, self.padding, windows)
             logits = logits.view(pixels, batch, -1)
             new_max = torch.maximum(maximum, logits.amax(dim=2, keepdim=True))
-            weights = logits.sub_(new_max).to(torch.float32).exp2_()
+            weights = shifted_weights(logits, new_max, torch.float32)
             acc = acc * torch.exp2(maximum - new_max).to(acc.dtype) + torch.bmm(weights, part[:, 1:].transpose(1, 2))
             maximum = new_max
         return (acc[..., :-1] / acc[..., -1:]).float()

@@ -70,7 +70,7 @@ class RunningPosterior:
             block = slice(start, start + chunk)
             logits = torch.addmm(offsets[block], self.scaled, operands[block].T)
             new_max = torch.maximum(self.maximum, logits.amax(dim=1, keepdim=True))
-            weights = logits.sub_(new_max).to(weighted.dtype).exp2_()
+            weights = shifted_weights(logits, new_max, weighted.dtype)
             self.acc *= torch.exp2(self.maximum - new_max).to(self.acc.dtype)
             for first in range(0, weights.shape[1], SUM_TERMS):
                 terms = slice(first, first + SUM_TERMS)
@@ -84,6 +84,14 @@ class RunningPosterior:
     def log2_normaliser(self) -> Tensor:
         """log2 of sum_m 2^logit_m (R,), in the logits' base (float64)."""
         return self.maximum.squeeze(1).double() + torch.log2(self.acc[:, -1])
+
+
+def shifted_weights(logits: Tensor, maximum: Tensor, dtype: torch.dtype) -> Tensor:
+    """2^(logits - maximum) in ``dtype``; float64 logits are subtracted straight into ``dtype``,
+    which saves a pass over the block against subtracting in place and converting."""
+    if logits.dtype == dtype:
+        return logits.sub_(maximum).exp2_()
+    return torch.sub(logits, maximum, out=torch.empty(logits.shape, dtype=dtype, device=logits.device)).exp2_()
 
 
 def candidate_terms(patches: Tensor, centres: Tensor, mean: Tensor, a: float, t: float, precision: torch.dtype
