@@ -123,3 +123,45 @@ def test_bad_patch_sizes_and_knobs_are_named():
         local_score.build(shape, grid, fit="sgd")
     assert local_score.build(shape, grid, padding="zeros").patch_sizes == [3, 9, 15]  # grid order: ascending t
     assert local_score.build(shape, grid, padding="circular").patch_sizes == [3, 5, 7]
+
+
+def same_position_definition(data: torch.Tensor, y: torch.Tensor, t: float, size: int, padding: str) -> torch.Tensor:
+    """LS in float64 from distances: per pixel, the softmax over the training images of
+    -||y_P(x) - a x_P(x)||^2 / 2t of their patches there (padded as ``padding``)."""
+    data, y = data.double(), y.double()
+    half, a = size // 2, math.sqrt(1 - t)
+    mode = "circular" if padding == "circular" else "constant"
+
+    def patches(images: torch.Tensor) -> torch.Tensor:  # (n, HW, C P^2)
+        return torch.nn.functional.unfold(torch.nn.functional.pad(images, (half,) * 4, mode=mode), size).transpose(1, 2)
+
+    queries, candidates = patches(y), patches(data)
+    logits = -(queries[:, None] - a * candidates[None]).pow(2).sum(dim=-1) / (2 * t)  # (B, N, HW)
+    weights = torch.softmax(logits, dim=1)
+    return torch.einsum("bnp,ncp->bcp", weights, data.flatten(2)).reshape(y.shape)
+
+
+@pytest.mark.parametrize(("side", "channels", "padding"), [(8, 1, "zeros"), (8, 1, "circular"), (12, 1, "zeros"), (7, 3, "circular")])
+def test_ls_window_sums_equal_the_distance_definition_for_every_patch_size(side, channels, padding):
+    gen = torch.Generator().manual_seed(side + channels)
+    data = torch.rand(20, channels, side, side, generator=gen) * 2 - 1
+    sizes = [2 * side - 1, 7, 3, 1]  # highest noise first; 2 side - 1 covers the image from every pixel
+    grid = make_grid(4, levels=[1e-3, 0.05, 0.4, 0.95])
+    machine = fitted(data, grid, equivariant=False, padding=padding, patch_sizes=sizes)
+    y = torch.randn(3, channels, side, side, generator=gen)
+    for t, size in zip(grid.levels.tolist(), reversed(sizes)):
+        got = machine(y * math.sqrt(t) + math.sqrt(1 - t) * data[:3], torch.full((3,), t))
+        expected = same_position_definition(data, y * math.sqrt(t) + math.sqrt(1 - t) * data[:3], t, size, padding)
+        torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_zero_padded_els_with_patches_covering_the_image_is_ls_at_every_pixel():
+    # 7x7 with P = 13: every pixel is its own padding class, so its candidates are LS's (the
+    # machine computes them by window sums); checked against the per-candidate definition.
+    gen = torch.Generator().manual_seed(4)
+    data = torch.rand(5, 1, 7, 7, generator=gen) * 2 - 1
+    grid = make_grid(1, levels=[0.3])
+    machine = fitted(data, grid, equivariant=True, padding="zeros", patch_sizes=13)
+    y = torch.randn(2, 1, 7, 7, generator=gen)
+    expected = straightforward(data, y, 0.3, 13, True, "zeros")
+    torch.testing.assert_close(machine(y, torch.full((2,), 0.3)).double(), expected, atol=1e-5, rtol=0)

@@ -1,0 +1,133 @@
+"""Posterior means of centre pixels over candidate patches streamed in chunks (the ELS machine's core).
+
+For queries q (noisy patches) and candidates c with centre pixels c(0), the posterior mean is
+sum_m softmax_m(-||q - a c_m||^2 / (2t)) c_m(0). Up to a term that is the same for every
+candidate the logit is (a q.c - a^2 |c|^2 / 2) / t, and the same holds after moving both to the
+candidates' mean mu (q - a mu, c - mu), which keeps the terms small on real images (a
+background shared by most patches). Memory traffic and the exponentials are the cost: the
+scalars (and log2 e) are folded into the operands so one ``addmm`` writes the logits in base 2,
+``exp2`` is taken in place (see ``LOG2_E``), and a column of ones beside the centres gives the
+softmax's normaliser in the same product as the mean. A running maximum per query lets the
+candidates arrive in any number of chunks, so memory does not grow with the set.
+
+The terms still grow like |c|^2 / t, so at low noise their float32 rounding would reach the
+output; where its bound (:func:`logit_rounding`) exceeds ``LOGIT_ROUNDING`` the logits are
+formed in float64 and only their differences from the running maximum go to float32.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_diff.denoisers.patch_candidates import PatchSet, SetStatistics
+from lightning_diff.denoisers.training_set import LOG2_E
+
+# Largest logits block (elements) of one chunk of candidates: 4 MB in float32 (measured on 2
+# cores at the released code's settings, 16 samples: 0.24 s per sample with 0.5M- or 1M-element
+# blocks, 0.25 with 2M, 0.33 with 4M: the block stays nearer the caches).
+BLOCK_ELEMENTS = 1 << 20
+# Queries (pixels x samples) handled at once: more would shrink the candidate chunks below 256 and
+# rescale a larger accumulator after each, a cost quadratic in the batch (issue 23's validation of
+# 500 images in one batch; docs/performance.md, "A closed-form machine's run").
+QUERY_ROWS = BLOCK_ELEMENTS // 256
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+# Largest worst-case bound on a float32 logit's rounding (logit_rounding) accepted. The bound
+# overstates the error the output sees 10-60x (16x16, N = 1,000: bounds 1e-5 to 4e-5 at t >= 0.11
+# came with output errors <= 1.5e-6 against float64; at t = 1e-3 a bound of 1.4e-3 with 2.2e-5),
+# so 1e-4 keeps the output within 1e-5 of float64 and float64 for the lowest levels only.
+LOGIT_ROUNDING = 1e-4
+# Weights summed in float32 by one matrix product; the partial sums are added in float64. A float32
+# sum's rounding grows like the square root of its length: at 16x16, N = 1,000 the posterior
+# means moved 8.8e-6 from float64 with 32,768-term products (blocks of 32 queries), 4.8e-6 with
+# 4,096, so the products stop at 2,048 terms and the sums over them do not add to the rounding.
+SUM_TERMS = 2048
+
+
+def logit_rounding(queries: Tensor, largest_candidate: float, a: float, t: float) -> float:
+    """Bound on the float32 rounding error of the largest logit, eps (a |q| |c| + a^2 |c|^2 / 2) / t,
+    for centred ``queries`` (R, D) and the largest centred candidate norm."""
+    largest_query = float(queries.norm(dim=-1).max()) if queries.numel() else 0.0
+    return FLOAT32_EPS * (a * largest_query * largest_candidate + 0.5 * a * a * largest_candidate**2) / t
+
+
+class RunningPosterior:
+    """The running base-2 log-sum-exp of a block of queries over candidates added chunk by chunk.
+
+    ``scaled``: the centred queries times a log2(e) / t, in the logits' precision (R, D).
+    """
+
+    def __init__(self, scaled: Tensor, channels: int) -> None:
+        self.scaled = scaled
+        self.maximum = torch.full((scaled.shape[0], 1), -math.inf, dtype=scaled.dtype, device=scaled.device)
+        self.acc = torch.zeros(scaled.shape[0], channels + 1, dtype=torch.float64, device=scaled.device)
+
+    def add(self, operands: Tensor, offsets: Tensor, weighted: Tensor) -> None:
+        """Candidates ``operands`` (m, D) in the logits' precision, their offsets -a^2 |c|^2 log2(e) / 2t
+        (m,) and [centre pixels, 1] (m, C + 1) in float32."""
+        chunk = max(1, BLOCK_ELEMENTS // max(1, self.scaled.shape[0]))
+        for start in range(0, operands.shape[0], chunk):
+            block = slice(start, start + chunk)
+            logits = torch.addmm(offsets[block], self.scaled, operands[block].T)
+            new_max = torch.maximum(self.maximum, logits.amax(dim=1, keepdim=True))
+            weights = shifted_weights(logits, new_max, weighted.dtype)
+            self.acc *= torch.exp2(self.maximum - new_max).to(self.acc.dtype)
+            for first in range(0, weights.shape[1], SUM_TERMS):
+                terms = slice(first, first + SUM_TERMS)
+                self.acc += (weights[:, terms] @ weighted[block][terms]).double()
+            self.maximum = new_max
+
+    def means(self) -> Tensor:
+        """The posterior means (R, C) over every candidate added."""
+        return (self.acc[:, :-1] / self.acc[:, -1:]).float()
+
+    def log2_normaliser(self) -> Tensor:
+        """log2 of sum_m 2^logit_m (R,), in the logits' base (float64)."""
+        return self.maximum.squeeze(1).double() + torch.log2(self.acc[:, -1])
+
+
+def shifted_weights(logits: Tensor, maximum: Tensor, dtype: torch.dtype) -> Tensor:
+    """2^(logits - maximum) in ``dtype``; float64 logits are subtracted straight into ``dtype``,
+    which saves a pass over the block against subtracting in place and converting."""
+    if logits.dtype == dtype:
+        return logits.sub_(maximum).exp2_()
+    return torch.sub(logits, maximum, out=torch.empty(logits.shape, dtype=dtype, device=logits.device)).exp2_()
+
+
+def candidate_terms(patches: Tensor, centres: Tensor, mean: Tensor, a: float, t: float, precision: torch.dtype
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """(operands, offsets, [centres, 1]) of raw candidate rows for :meth:`RunningPosterior.add`."""
+    centred = (patches - mean).to(precision)
+    offsets = centred.pow(2).sum(dim=1).mul_(-0.5 * LOG2_E * a * a / t)
+    ones = torch.ones(centres.shape[0], 1, dtype=centres.dtype, device=centres.device)
+    return centred, offsets, torch.cat([centres, ones], dim=1)
+
+
+def logits_precision(queries: Tensor, stats: SetStatistics, a: float, t: float) -> torch.dtype:
+    """float64 where the float32 logits' rounding bound exceeds ``LOGIT_ROUNDING``. Decided on every
+    query of the call at once, so a sample's output does not depend on the block it falls in."""
+    return torch.float64 if logit_rounding(queries, stats.largest_norm, a, t) > LOGIT_ROUNDING else queries.dtype
+
+
+def scaled_queries(queries: Tensor, precision: torch.dtype, a: float, t: float) -> Tensor:
+    """Centred queries as the left operand of the logits: times a log2(e) / t, in ``precision``."""
+    return queries.to(precision) * (LOG2_E * a / t)
+
+
+def exact_posterior(queries: Tensor, patches: PatchSet, stats: SetStatistics, a: float, t: float) -> Tensor:
+    """Posterior means (R, C) of raw ``queries`` (R, D) over every candidate of ``patches``.
+
+    The candidates stream past every block of queries (``QUERY_ROWS``), one copied chunk at a time
+    (``CHUNK_ELEMENTS``), so memory is O(R (D + C) + chunk), whatever the set's size.
+    """
+    centred = queries - a * stats.mean
+    precision = logits_precision(centred, stats, a, t)
+    blocks = [RunningPosterior(scaled_queries(centred[start : start + QUERY_ROWS], precision, a, t), patches.channels)
+              for start in range(0, centred.shape[0], QUERY_ROWS)]
+    for _, chunk in patches.chunks():
+        terms = candidate_terms(chunk, patches.centres(chunk), stats.mean, a, t, precision)
+        for block in blocks:
+            block.add(*terms)
+    if not blocks:
+        return queries.new_zeros(0, patches.channels)
+    return torch.cat([block.means() for block in blocks])
