@@ -29,7 +29,9 @@ priori it cannot exceed tolerance times that range: a query skips at most L disj
 each below tolerance / L of its final floor F, so D <= tolerance F; and Z_kept + D >= F, F being
 kept mass or the lower bound of a node whose unevaluated parts are in D.
 
-Cost: about D + 5A operations (float64) per query and tree node visited for the bounds,
+Cost: about D multiply-adds (float64) per query and tree node visited for the ball and Jensen
+bounds, and 5A more for the box where those two leave the node undecided for some query of the
+block (at high noise nearly every node is kept for sure, at low noise skipped by the ball),
 against D multiply-adds per query and candidate for the exact products; per query, the
 evaluated candidates are the union over its evaluation block, so blocks of alike queries (the
 ordering) keep that union near each query's own set.
@@ -59,6 +61,8 @@ DESCENT_BLOCK = 64
 # alone, 8.8% in blocks of 16, 19% in blocks of 64), more keep the products nearer the matrix
 # product's peak speed and the tensor operations per query fewer.
 EVALUATION_BLOCK = 16
+# Largest (queries x nodes x axes) block of the box bounds at once: 16 MB in float64.
+BOX_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -139,33 +143,42 @@ def descend(block: Tensor, tree: PatchTree, a: float, t: float, threshold: float
     norms = block.pow(2).sum(dim=1, keepdim=True)
     coords = block @ tree.axes
 
-    def node_bounds(depth: int, nodes: Tensor) -> tuple[Tensor, Tensor]:
+    def node_bounds(depth: int, nodes: Tensor, floor: Tensor) -> tuple[Tensor, Tensor]:
+        """Upper bounds (b, F) and the floor raised by the nodes' lower bounds. The box costs about
+        5A operations per query and node against the ball's few, so it is formed only for nodes
+        that some query neither skips by the ball nor keeps for sure (lower bound above the limit)."""
         centres = tree.centres[depth][nodes]
         squared = (norms - 2 * a * block @ centres.T + a * a * centres.pow(2).sum(dim=1)).clamp_min_(0)
-        gaps = coords[:, None, :] - a * (centres @ tree.axes)[None]
-        off_axes = (squared - gaps.pow(2).sum(dim=2)).clamp_min_(0)
-        below = (a * tree.box_low[depth][nodes] - coords[:, None, :]).clamp_min_(0)
-        above = (coords[:, None, :] - a * tree.box_high[depth][nodes]).clamp_min_(0)
-        boxed = (below + above).pow(2).sum(dim=2)
-        ball = (squared.sqrt() - a * tree.radii[depth][nodes]).clamp_min_(0).pow(2)
-        rest = (off_axes.sqrt() - a * tree.residual_radii[depth][nodes]).clamp_min_(0).pow(2)
-        nearest = torch.maximum(ball, boxed + rest)
         log_count = torch.log2(tree.counts[depth][nodes].double())
-        upper = log_count + (norms - nearest) * half_log2_e
         lower = log_count + (norms - squared - a * a * tree.spreads[depth][nodes]) * half_log2_e
-        return upper, lower
+        floor = torch.maximum(floor, lower.amax(dim=1))
+        limit = (floor + threshold)[:, None]
+        ball = (squared.sqrt() - a * tree.radii[depth][nodes]).clamp_min_(0).pow(2)
+        upper = log_count + (norms - ball) * half_log2_e
+        undecided = ((upper > limit) & (lower <= limit)).any(dim=0).nonzero().squeeze(1)
+        step = max(1, BOX_ELEMENTS // (block.shape[0] * coords.shape[1]))
+        for first in range(0, undecided.shape[0], step):
+            columns = undecided[first : first + step]
+            chosen = nodes[columns]
+            gaps = coords[:, None, :] - a * (centres[columns] @ tree.axes)[None]
+            off_axes = (squared[:, columns] - gaps.pow(2).sum(dim=2)).clamp_min_(0)
+            below = (a * tree.box_low[depth][chosen] - coords[:, None, :]).clamp_min_(0)
+            above = (coords[:, None, :] - a * tree.box_high[depth][chosen]).clamp_min_(0)
+            rest = (off_axes.sqrt() - a * tree.residual_radii[depth][chosen]).clamp_min_(0).pow(2)
+            nearest = torch.maximum(ball[:, columns], (below + above).pow(2).sum(dim=2) + rest)
+            upper[:, columns] = log_count[columns] + (norms - nearest) * half_log2_e
+        return upper, floor
 
     def keep_children(depth: int, nodes: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         children = (nodes[:, None] * BRANCHING + torch.arange(BRANCHING, device=block.device)).reshape(-1)
         children = children[tree.counts[depth][children] > 0]
-        upper, lower = node_bounds(depth, children)
-        floor = torch.maximum(floor, lower.amax(dim=1))
+        upper, floor = node_bounds(depth, children, floor)
         keep = upper > (floor + threshold)[:, None]
         keep[torch.arange(keep.shape[0], device=keep.device), upper.argmax(dim=1)] = True
         return children, upper, keep, floor
 
     nodes = torch.zeros(1, dtype=torch.long, device=block.device)
-    floor = torch.maximum(floor, node_bounds(0, nodes)[1].squeeze(1))
+    floor = node_bounds(0, nodes, floor)[1]
     skipped = torch.full_like(floor, -torch.inf)
     for depth in range(1, tree.depth):
         children, upper, keep, floor = keep_children(depth, nodes, floor)
