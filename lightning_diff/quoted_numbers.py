@@ -193,12 +193,22 @@ def found(quoted: Quoted, values: np.ndarray) -> bool:
     return quoted.percent and within(values, quoted.value / 100, quoted.half_unit / 100)
 
 
-def unfound_numbers(document: Path, root: Path) -> list[Quoted]:
-    """The numbers of ``document``'s prose that no source file under ``root`` (as narrowed) holds."""
+def document_numbers(document: Path) -> list[Quoted]:
+    """The numbers of ``document``'s prose (see :func:`quoted_numbers`)."""
     if not document.is_file():
         raise UserError(f"document {document} does not exist")
+    return quoted_numbers(document.read_text())
+
+
+def unfound(quoted: list[Quoted], root: Path) -> list[Quoted]:
+    """The ``quoted`` numbers that no source file under ``root`` (as narrowed) holds."""
     sources = Sources(root)
-    return [q for q in quoted_numbers(document.read_text()) if not found(q, sources.values(q.sources))]
+    return [q for q in quoted if not found(q, sources.values(q.sources))]
+
+
+def unfound_numbers(document: Path, root: Path) -> list[Quoted]:
+    """The numbers of ``document``'s prose that no source file under ``root`` (as narrowed) holds."""
+    return unfound(document_numbers(document), root)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,14 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, required=True, help="the folder of the files the numbers come from")
     args = parser.parse_args(argv)
     try:
-        missing = unfound_numbers(args.document, args.root)
+        quoted = document_numbers(args.document)
+        missing = unfound(quoted, args.root)
     except UserError as err:
         sys.exit(f"error: {err}")
     for quoted in missing:
         files = " ".join(quoted.sources)
         print(f"{args.document}:{quoted.line}: {quoted.text} is in no file of {files} under {args.root}")
-    total = len(quoted_numbers(args.document.read_text()))
-    print(f"{total - len(missing)} of {total} numbers found in {args.root}")
+    print(f"{len(quoted) - len(missing)} of {len(quoted)} numbers found in {args.root}")
     sys.exit(1 if missing else 0)
 
 

@@ -153,11 +153,12 @@ def tables_in(document: Path) -> list[tuple[int, int, Path, str | None]]:
 
 def rewrite(document: Path) -> int:
     """Replace every generated table of ``document`` with the current one; returns how many."""
+    tables = tables_in(document)
     lines = document.read_text().splitlines()
-    for begin, end, path, split in reversed(tables_in(document)):
+    for begin, end, path, split in reversed(tables):
         lines[begin:end] = render(path, split).splitlines()
     document.write_text("\n".join(lines) + "\n")
-    return len(tables_in(document))
+    return len(tables)
 
 
 def main(argv: list[str] | None = None) -> None:
