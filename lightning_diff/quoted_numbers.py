@@ -219,14 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, required=True, help="the folder of the files the numbers come from")
     args = parser.parse_args(argv)
     try:
-        quoted = document_numbers(args.document)
-        missing = unfound(quoted, args.root)
+        numbers = document_numbers(args.document)
+        missing = unfound(numbers, args.root)
     except UserError as err:
         sys.exit(f"error: {err}")
     for quoted in missing:
         files = " ".join(quoted.sources)
         print(f"{args.document}:{quoted.line}: {quoted.text} is in no file of {files} under {args.root}")
-    print(f"{len(quoted) - len(missing)} of {len(quoted)} numbers found in {args.root}")
+    print(f"{len(numbers) - len(missing)} of {len(numbers)} numbers found in {args.root}")
     sys.exit(1 if missing else 0)
 
 
