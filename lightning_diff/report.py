@@ -195,11 +195,13 @@ def write_dataset_size(out: Path, table: list[dict[str, Any]], picture: bool) ->
     """The dataset-size table (appended to report.md), ``dataset_size.json`` and with ``picture``
     ``report_n.png``; returns the table."""
     atomic_write_text(out / "dataset_size.json", as_json(table))
-    columns = ["variant", "N", "memorized", "two-model agreement", "r2 vs empirical", "runs"]
+    columns = ["variant", "N", "memorized", "two-model agreement", "empirical's two-model agreement",
+               "r2 vs empirical", "runs"]
     lines = [
         "",
         "Training-set size: memorized fraction and r^2 to the empirical denoiser (mean over the runs at",
-        "each N), two-model agreement of the halves (each half-model sees N/2 images).",
+        "each N), two-model agreement of the halves (each half-model sees N/2 images) and the copying",
+        "empirical denoiser's at the same N.",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
@@ -210,7 +212,7 @@ def write_dataset_size(out: Path, table: list[dict[str, Any]], picture: bool) ->
         handle.write(text)
     series: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for row in table:
-        for measure in ("memorized", "two-model agreement", "r2 vs empirical"):
+        for measure in ("memorized", "two-model agreement", "empirical's two-model agreement", "r2 vs empirical"):
             value = row[measure]
             if value is not None:
                 point = value.value if isinstance(value, Interval) else value

@@ -1,8 +1,8 @@
 """The study's one table for its reading, written from the report's CSV, never by hand.
 
 ``python -m lightning_diff.report`` writes every column it measures (report.csv, 30 and more);
-a reading of the study (docs/results.md) shows the few a conclusion rests on, per row: the
-verdict; realism (KID ± std, FID, precision, recall, density, coverage against held-out
+a reading of the study (docs/results.md) shows the few a conclusion rests on, per row (its data
+half and training seed): the verdict; realism (KID ± std, FID, precision, recall, density, coverage against held-out
 images); copying (the memorized fraction and its exact 95% upper bound); the two-model
 agreement of the halves; the same-noise r2 with the reference across training seeds and its
 difference from the seed floor; and for each analytic machine its r2 with the row and the
@@ -65,6 +65,7 @@ def columns(header: list[str]) -> list[tuple[str, Callable[[Row], str]]]:
     cells: list[tuple[str, Callable[[Row], str]]] = [
         ("variant", lambda row: row["variant"]),
         ("data", lambda row: row["split"] or "-"),
+        ("seed", lambda row: row.get("seed") or "-"),  # a variant's second training seed is its own row
         ("verdict", lambda row: row.get("verdict") or "-"),
     ]
     if kid and kid_std:

@@ -188,7 +188,13 @@ copy_grid_size
 
 echo "study: $(( $(date +%s) - started )) s wall this sitting"
 echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $(nproc) cores, STREAMS=$streams" >> "$keep/wall_time.log"
+# The study's wall time is the sum of its sittings (each line above: "... sitting stopped|finished: N s wall").
+awk '/sitting (stopped|finished):/ { for (i = 2; i < NF; i++) if ($(i + 1) == "s" && $(i + 2) ~ /^wall/) total += $i }
+     END { printf "all sittings: %d s wall\n", total }' "$keep/wall_time.log" | tee -a "$keep/wall_time.log"
 controls=(reference=paper controls=[paper_seed1,paper_seed2])
+reports_started=$(date +%s)
 "$python" -m lightning_diff.report sweep="$keep/grid" "${controls[@]}" figure=false  # every run, both halves
 "$python" -m lightning_diff.report sweep="$keep/grid" "${controls[@]}" show_split=half_a out="$keep/grid/half_a_report"
 "$python" -m lightning_diff.report sweep="$keep/dataset_size" reference=null
+# The reports' bootstraps and explanations are part of what the protocol's measurement costs.
+echo "$(date -u +%FT%TZ) reports: $(( $(date +%s) - reports_started )) s wall" >> "$keep/wall_time.log"

@@ -19,6 +19,7 @@ from benchmarks.released_local_score import (
     load_reference,
     released_levels,
 )
+from benchmarks.run_phases import measurement_share
 
 
 def tiny(module) -> Config:
@@ -96,3 +97,9 @@ def test_local_score_scale_tiny() -> None:
         assert row.ours > 0 and row.extra["peak_memory_gib"] > 0
     for row in rows[2:]:  # Fashion-MNIST: timed, or a row that says why not
         assert row.ours > 0 or row.note.startswith("not run")
+
+
+def test_measurement_share_counts_the_measurements_inside_fit_against_the_training_around_them() -> None:
+    phases = {"fit (with the measuring callback)": 110.0, "measure (inside fit)": 10.0, "samples": 5.0, "total": 120.0}
+    assert measurement_share(phases) == {"measurement_s": 15.0, "training_s": 100.0, "measurement_share_of_training": 0.15}
+    assert measurement_share({"total": 1.0}) == {}  # a run that stopped before fitting has no share

@@ -365,6 +365,9 @@ def test_the_dataset_size_table_gives_memorization_agreement_and_r2_to_the_empir
         metric.update(made[size, "half_a"][0], made[size, "half_b"][0])
         assert row["two-model agreement"]["value"] == pytest.approx(float(metric.compute()["agreement_cosine_mean"]))
         assert row["two-model agreement"] == pytest.approx(bootstrap(metric.per_sample(), nan_mean).as_dict())
+        copying = TwoModelAgreement()  # the empirical denoiser's own halves at the same N, beside it
+        copying.update(made[size, "half_a"][1], made[size, "half_b"][1])
+        assert row["empirical's two-model agreement"] == pytest.approx(bootstrap(copying.per_sample(), nan_mean).as_dict())
     assert table[0]["r2 vs empirical"] > table[1]["r2 vs empirical"]  # the copies sit closer to the memorizer
     assert "Training-set size" in (out / "report.md").read_text()
     assert not (out / "report_n.png").exists()  # figure=false: no figures (tests/test_study_parallel.py draws it)

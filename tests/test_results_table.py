@@ -45,18 +45,18 @@ def test_the_table_shows_the_columns_a_conclusion_rests_on(tmp_path):
     write_report(report, ROWS)
     lines = render(report).splitlines()
     assert lines[0] == (
-        "| variant | data | verdict | kid@256 ± std | fid@256 | precision@256 | recall@256 | density@256 | coverage@256 "
+        "| variant | data | seed | verdict | kid@256 ± std | fid@256 | precision@256 | recall@256 | density@256 | coverage@256 "
         "| memorized (95% upper bound) | two-model agreement [95%] | r2 with the reference across seeds [95%] "
         "| r2 minus the floor's [95%, paired] | els r2 [95%] | els removes [95%] |"
     )
     assert lines[2] == (
-        "| no_skip | half_a | differs, less realistic | 0.09123 ± 0.00312 | 120.4 | 0.5 | 0.25 | 0.4 | 0.2 | 0 (≤ 0.01431) "
+        "| no_skip | half_a | 0 | differs, less realistic | 0.09123 ± 0.00312 | 120.4 | 0.5 | 0.25 | 0.4 | 0.2 | 0 (≤ 0.01431) "
         "| 0.9 [0.88, 0.92] | 0.7 [0.68, 0.72] | -0.28 [-0.3, -0.26] | 0.6123 [0.6, 0.63] | 0.21 [0.1, 0.3] |"
     )
     # A comparison at the same training seed is marked; missing values are '-'.
     assert "| 0.99 [0.98, 0.995] (same seed only) |" in lines[3]
-    assert lines[3].startswith("| max_pool | half_b | undetermined | - | - |")
-    assert lines[4].startswith("| seed-to-seed floor (paper x 3 seeds) | - | - |")
+    assert lines[3].startswith("| max_pool | half_b | 0 | undetermined | - | - |")
+    assert lines[4].startswith("| seed-to-seed floor (paper x 3 seeds) | - | - | - |")
 
 
 def test_a_split_keeps_its_rows_and_the_rows_of_no_split(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def test_the_converged_study_runs_halves_controls_machines_and_sizes_and_resumes
     assert (small["data"]["num_train"], small["data"]["split"], small["trainer"]["max_steps"]) == (12, "half_b", 64)
     third = converged_study(tmp_path / "sitting3", keep, fashion_stand_in, tolerance="0")
     assert third.returncode == 0 and "done   " not in third.stdout  # each run is retrained twice at most
+    # The study's wall time, the sum of its sittings, closes the log (what a reading quotes).
+    log = (keep / "wall_time.log").read_text()
+    sittings = [int(seconds) for seconds in re.findall(r"sitting finished: (\d+) s wall", log)]
+    assert len(sittings) == 3 and f"all sittings: {sum(sittings)} s wall" in log.splitlines()
+    assert re.search(r"reports: \d+ s wall\n$", log)
 
 
 def test_the_gpu_study_command_says_how_to_call_it():

@@ -17,9 +17,16 @@ def dataset_size_rows(
     """For every trained variant run at two or more training-set sizes (``data.num_train``): per N
     the memorized fraction and the median r^2 to the empirical denoiser (each the mean over the
     variant's runs at that N: both halves when both were run) and the two-model agreement of the
-    halves with its interval (``agreement``: :func:`~lightning_diff.metrics.same_noise.agreements` of ``runs``). The
-    memorization-to-generalization transition of that architecture."""
+    halves with its interval (``agreement``: :func:`~lightning_diff.metrics.same_noise.agreements` of ``runs``),
+    beside the same agreement of the empirical denoiser's halves at that N: what copying scores there
+    (its two halves share no image, so it falls as N shrinks). The memorization-to-generalization
+    transition of that architecture."""
     empirical = {run.name for run in runs if family_of(run) == "empirical"}
+    copying: dict[int, Interval] = {}
+    for run in runs:
+        size = (run.config.get("data") or {}).get("num_train")
+        if run.name in empirical and size is not None and id(run) in agreement:
+            copying.setdefault(int(size), agreement[id(run)])
     by_variant: dict[str, dict[int, list[Run]]] = {}
     for run in runs:
         size = (run.config.get("data") or {}).get("num_train")
@@ -44,6 +51,7 @@ def dataset_size_rows(
                     "N": size,
                     "memorized": float(np.mean(memorized)) if memorized else None,
                     "two-model agreement": pair[0] if pair else None,
+                    "empirical's two-model agreement": copying.get(size),
                     "r2 vs empirical": float(np.mean(r2)) if r2 else None,
                     "runs": len(group),
                 }

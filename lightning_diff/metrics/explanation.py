@@ -44,10 +44,12 @@ BASELINE_FAMILIES = ("linear", "empirical", "nearest")
 
 
 def family_of(run: Run) -> str | None:
-    """The denoiser family of a run, from its ``_target_`` (``lightning_diff.denoisers.<family>.build``)."""
+    """The denoiser family of a run: the module of its builder, ``_target_`` =
+    ``lightning_diff.denoisers.<family>.<builder>`` (``build``, or e.g. bottleneck's ``build_image``).
+    None only for a run without a denoiser: the training images' reference row."""
     target = str((run.config.get("denoiser") or {}).get("_target_", ""))
     parts = target.split(".")
-    return parts[-2] if len(parts) >= 2 and parts[-1] == "build" else None
+    return parts[-2] if len(parts) >= 2 else None
 
 
 def role(run: Run, named_machines: set[str]) -> str | None:

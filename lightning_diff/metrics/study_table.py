@@ -132,6 +132,7 @@ def rows(
             "split": run.split,
             "seed": run.config.get("seed"),
             "family": family_of(run),  # None for the data's reference row (no denoiser)
+            "trained": (run.config.get("denoiser") or {}).get("fit") == "sgd",  # else fitted in closed form
             "num_parameters": run.num_parameters,
             "val_loss": run.val_loss,
             "val_loss_per_level": run.val_losses or None,

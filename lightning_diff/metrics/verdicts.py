@@ -59,13 +59,28 @@ def verdict(row: Mapping[str, Any], reference_row: Mapping[str, Any] | None) -> 
     return "undetermined", "no cross-seed comparison with the reference on the floor's images"
 
 
+def group_of(row: Mapping[str, Any]) -> str:
+    """Where a row is counted in ``counts_by_group``: its data half, training seed and whether it was
+    trained (``half_a, seed 1, trained``), so a reading can quote how many trained changes at one
+    seed got each verdict without adding the fitted families and the data to them."""
+    kind = "data" if row.get("family") is None else "trained" if row.get("trained") else "fitted"
+    return f"{row['split']}, seed {row.get('seed')}, {kind}"
+
+
+def counted(entries: list[dict[str, Any]]) -> dict[str, int]:
+    counts = Counter(entry["verdict"] for entry in entries)
+    return {name: counts.get(name, 0) for name in VERDICTS}
+
+
 def verdicts(table: list[dict[str, Any]], reference: str | None) -> dict[str, Any]:
-    """Each row's verdict (added to the rows as ``verdict``) and their counts, for verdicts.json."""
+    """Each row's verdict (added to the rows as ``verdict``) and their counts, for verdicts.json:
+    over every row, and by group (:func:`group_of`)."""
     found = []
     for row in table:
         same_images = [other for other in table if other["variant"] == reference and other["split"] == row["split"]]
         row["verdict"], reason = verdict(row, same_images[0] if same_images else None)
         found.append({"variant": row["variant"], "split": row["split"], "seed": row.get("seed"),
-                      "verdict": row["verdict"], "reason": reason})
-    counts = Counter(entry["verdict"] for entry in found)
-    return {"rows": found, "counts": {name: counts.get(name, 0) for name in VERDICTS}}
+                      "group": group_of(row), "verdict": row["verdict"], "reason": reason})
+    groups = sorted({entry["group"] for entry in found})
+    return {"rows": found, "counts": counted(found),
+            "counts_by_group": {group: counted([e for e in found if e["group"] == group]) for group in groups}}
