@@ -138,8 +138,20 @@ def write_csv(path: Path, columns: list[str], table: list[dict[str, Any]]) -> No
             writer.writerow(cells)
 
 
-def figure(path: Path, runs: list[Run], columns: int) -> Path | None:
-    """The sample | nearest-training-image grid of every run with image samples; None when no run has any."""
+def labels_of(runs: list[Run]) -> dict[int, str]:
+    """Each run's name in the figure and explanations.json: ``variant (half)``, with the training seed
+    where another run shares both (a variant trained with a second seed is its own run)."""
+    plain = {id(run): f"{run.name} ({run.split})" for run in runs}
+    shared = {label for label in plain.values() if list(plain.values()).count(label) > 1}
+    return {
+        id(run): f"{run.name} ({run.split}, seed {run.config.get('seed')})" if plain[id(run)] in shared else plain[id(run)]
+        for run in runs
+    }
+
+
+def figure(path: Path, runs: list[Run], columns: int, names: dict[int, str]) -> Path | None:
+    """The sample | nearest-training-image grid of every run with image samples (rows named by ``names``:
+    :func:`labels_of`); None when no run has any."""
     shown = []
     for run in runs:
         if run.samples is None:
@@ -184,7 +196,7 @@ def figure(path: Path, runs: list[Run], columns: int) -> Path | None:
                 ) from err
         train = train_sets[key]
         _, index = nearest_two(row, train)
-        labels.append(textwrap.fill(f"{run.name} ({run.split})", LABEL_CHARACTERS))
+        labels.append(textwrap.fill(names[id(run)], LABEL_CHARACTERS))
         picked.append(row)
         nearest.append(train[index[:, 0]])
     Image.fromarray(study_grid(labels, picked, nearest)).save(path)
@@ -270,7 +282,8 @@ def generated(run: Run, device: str) -> Generated | None:
 
 def write_explanations(out: Path, runs: list[Run], explained: dict[int, dict[str, Any]]) -> str:
     """``explanations.json`` and the per-level Markdown table (appended to report.md); returns the table."""
-    by_name = {f"{run.name} ({run.split})": explained[id(run)] for run in runs if id(run) in explained}
+    names = labels_of(runs)
+    by_name = {names[id(run)]: explained[id(run)] for run in runs if id(run) in explained}
     atomic_write_text(out / "explanations.json", as_json(by_name))
     if not any(result.get("removes_per_level") for result in by_name.values()):
         return ""  # no machine and baseline with checkpoints on this machine: no trajectories
@@ -348,7 +361,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(out / "seed_floor.json", as_json(floor.as_json()))
         if cfg.figure:
             print(f"figure: {write_floor_figure(out, table, floor)}")
-    picture = figure(out / "report.png", shown, int(cfg.columns)) if cfg.figure else None
+    picture = figure(out / "report.png", shown, int(cfg.columns), labels_of(runs)) if cfg.figure else None
     print(markdown)
     print("verdicts: " + ", ".join(f"{name} {count}" for name, count in judged["counts"].items()))
     print(f"table:  {out / 'report.md'}\n        {out / 'report.csv'}\n        {out / 'verdicts.json'}")

@@ -20,7 +20,7 @@ from lightning_diff.metrics.agreement import TwoModelAgreement
 from lightning_diff.metrics.explanation import Generated, chose_on, explain_one, explanations
 from lightning_diff.metrics.intervals import bootstrap, nan_mean, paired_difference
 from lightning_diff.metrics.r2 import per_sample_r2, per_sample_sse
-from lightning_diff.report import report
+from lightning_diff.report import labels_of, report
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.run.study import Run, halves, runs_in_directory, runs_in_wandb_group
 from lightning_diff.seeding import calibration_seeds, sample_seeds
@@ -407,3 +407,9 @@ def test_a_malformed_calibration_record_is_named():
     machine = Run("els", "full", {"calibrated_on": {"seed": "zero"}}, "runs/els")
     with pytest.raises(UserError, match=r"runs/els: calibrated_on=\{'seed': 'zero'\} is not a calibration record"):
         chose_on(machine, np.arange(3))
+
+
+def test_a_variants_second_training_seed_is_named_apart_in_the_figure_and_explanations():
+    runs = [Run("attention", "half_a", {"seed": seed}, f"runs/{seed}") for seed in (0, 1)]
+    runs.append(Run("paper", "half_a", {"seed": 0}, "runs/paper"))
+    assert list(labels_of(runs).values()) == ["attention (half_a, seed 0)", "attention (half_a, seed 1)", "paper (half_a)"]
