@@ -107,6 +107,8 @@ def quoted_numbers(document: str) -> list[Quoted]:
             previous = before[-1:]
             if (previous.isalnum() and not match.group("sign")) or (previous and previous in "_@.#"):
                 continue
+            if match.group("sign") and previous.isalpha():  # CIFAR-10, GPT-4: a name, not a negative number
+                continue
             if (after.isalpha() and after not in "x×") or after == "_":
                 continue
             if REFERENCE_WORDS.search(before.rstrip(" (")):

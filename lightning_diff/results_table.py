@@ -13,16 +13,19 @@ share of the best baseline's error it removes. Every interval is the report's 95
 
 The second form rewrites the table between ``<!-- results table: CSV [split=SPLIT] -->`` and
 ``<!-- end of results table -->`` in the document (CSV relative to the document's folder), so
-the reading's table is always the report's.
+the reading's table is always the report's; a ``dataset_size.json`` in place of the CSV gives the
+N sweep's table (memorized fraction, the halves' agreement and the copying denoiser's, per N).
 """
 
 import argparse
 import csv
+import json
 import math
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lightning_diff.errors import UserError
 
@@ -136,6 +139,35 @@ def render(path: Path, split: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_sizes(path: Path) -> str:
+    """The N sweep's table from the report's ``dataset_size.json``: per variant and training-set size,
+    the memorized fraction, the halves' agreement and the copying empirical denoiser's beside it."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run python -m lightning_diff.report on the N sweep first")
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not JSON ({err}); run the report again") from err
+
+    def cell(value: Any) -> str:
+        if isinstance(value, dict):
+            return f"{significant(value['value'])} [{significant(value['low'])}, {significant(value['high'])}]"
+        return significant(value) if isinstance(value, float) else "-" if value is None else str(value)
+
+    headings = ["variant", "N", "memorized (mean of the halves)", "two-model agreement [95%]",
+                "empirical's two-model agreement [95%]", "r2 vs empirical", "runs"]
+    keys = ["variant", "N", "memorized", "two-model agreement", "empirical's two-model agreement", "r2 vs empirical",
+            "runs"]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join("---" for _ in headings) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(key)) for key in keys) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_any(path: Path, split: str | None) -> str:
+    """A report.csv's table, or the N sweep's from a dataset_size.json."""
+    return render_sizes(path) if path.name == "dataset_size.json" else render(path, split)
+
+
 def tables_in(document: Path) -> list[tuple[int, int, Path, str | None]]:
     """Each generated table of ``document``: its lines' span (after the start marker, to the end
     marker), its CSV and its split."""
@@ -157,7 +189,7 @@ def rewrite(document: Path) -> int:
     tables = tables_in(document)
     lines = document.read_text().splitlines()
     for begin, end, path, split in reversed(tables):
-        lines[begin:end] = render(path, split).splitlines()
+        lines[begin:end] = render_any(path, split).splitlines()
     document.write_text("\n".join(lines) + "\n")
     return len(tables)
 

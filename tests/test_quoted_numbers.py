@@ -20,7 +20,7 @@ def test_prose_numbers_are_read_and_names_code_links_and_references_are_not():
         "```",
         "0.999 in a code block",
         "```",
-        "A 12% share, a ratio of 1.3x, an interval [−0.0005, 0.0020] and t = 1e-3; paper_seed1 and r2.",
+        "A 12% share, a ratio of 1.3x, an interval [−0.0005, 0.0020] and t = 1e-3; paper_seed1 and r2; CIFAR-10.",
         "<!-- numbers from: grid/*.json --> seeds 3-5.",
     ])
     assert texts(document) == [

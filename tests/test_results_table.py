@@ -1,6 +1,7 @@
 """The reading's table written from a report's CSV (lightning_diff/results_table.py)."""
 
 import csv
+import json
 
 import pytest
 
@@ -91,3 +92,23 @@ def test_bad_input_is_one_clear_error(tmp_path):
     doc.write_text("<!-- results table: other.csv -->\n| x |\n")
     with pytest.raises(UserError, match="no '<!-- end of results table -->' line ends it"):
         rewrite(doc)
+
+
+def test_the_n_sweeps_table_comes_from_dataset_size_json(tmp_path):
+    sizes = tmp_path / "dataset_size.json"
+    sizes.write_text(json.dumps([
+        {"variant": "paper", "N": 200, "memorized": 0.3515625, "two-model agreement": {"value": 0.649, "low": 0.618, "high": 0.6795},
+         "empirical's two-model agreement": {"value": 0.5152, "low": 0.4772, "high": 0.5526}, "r2 vs empirical": 0.7552, "runs": 2},
+        {"variant": "paper", "N": 2000, "memorized": 0.0, "two-model agreement": None,
+         "empirical's two-model agreement": None, "r2 vs empirical": None, "runs": 1},
+    ]))
+    document = tmp_path / "reading.md"
+    document.write_text("N sweep:\n<!-- results table: dataset_size.json -->\nold\n<!-- end of results table -->\n")
+    assert rewrite(document) == 1
+    lines = document.read_text().splitlines()
+    assert lines[2].startswith("| variant | N | memorized (mean of the halves) | two-model agreement [95%] |")
+    assert lines[4] == "| paper | 200 | 0.3516 | 0.649 [0.618, 0.6795] | 0.5152 [0.4772, 0.5526] | 0.7552 | 2 |"
+    assert lines[5] == "| paper | 2000 | 0 | - | - | - | 1 |"
+    sizes.write_text("{not json")
+    with pytest.raises(UserError, match="is not JSON"):
+        rewrite(document)
