@@ -14,7 +14,8 @@ share of the best baseline's error it removes. Every interval is the report's 95
 The second form rewrites the table between ``<!-- results table: CSV [split=SPLIT] -->`` and
 ``<!-- end of results table -->`` in the document (CSV relative to the document's folder), so
 the reading's table is always the report's; a ``dataset_size.json`` in place of the CSV gives the
-N sweep's table (memorized fraction, the halves' agreement and the copying denoiser's, per N).
+N sweep's table (memorized fraction, the halves' agreement and the copying denoiser's, per N), a
+``verdicts.json`` the verdicts counted by data half, training seed and kind, with the variants.
 """
 
 import argparse
@@ -163,9 +164,32 @@ def render_sizes(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_verdicts(path: Path, split: str | None = None) -> str:
+    """The verdicts of ``verdicts.json`` by group (data half, training seed, trained / fitted / data):
+    per group and verdict, how many rows and which variants."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run python -m lightning_diff.report first")
+    try:
+        judged = json.loads(path.read_text())
+        groups, rows = judged["counts_by_group"], judged["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a verdicts.json of this version's report ({err}); run the report again") from err
+    lines = ["| data, training seed, kind | verdict | rows | variants |", "|---|---|---|---|"]
+    for group, counts in groups.items():
+        if split is not None and not group.startswith(f"{split},"):
+            continue
+        for name, count in counts.items():
+            if count:
+                names = sorted(row["variant"] for row in rows if row["group"] == group and row["verdict"] == name)
+                lines.append(f"| {group} | {name} | {count} | {', '.join(names)} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_any(path: Path, split: str | None) -> str:
-    """A report.csv's table, or the N sweep's from a dataset_size.json."""
-    return render_sizes(path) if path.name == "dataset_size.json" else render(path, split)
+    """A report.csv's table, the N sweep's from a dataset_size.json, or the verdicts' from a verdicts.json."""
+    if path.name == "dataset_size.json":
+        return render_sizes(path)
+    return render_verdicts(path, split) if path.name == "verdicts.json" else render(path, split)
 
 
 def tables_in(document: Path) -> list[tuple[int, int, Path, str | None]]:

@@ -112,3 +112,24 @@ def test_the_n_sweeps_table_comes_from_dataset_size_json(tmp_path):
     sizes.write_text("{not json")
     with pytest.raises(UserError, match="is not JSON"):
         rewrite(document)
+
+
+def test_the_verdicts_table_counts_by_group_and_names_the_variants(tmp_path):
+    verdicts = tmp_path / "verdicts.json"
+    rows = [{"variant": v, "group": g, "verdict": d} for v, g, d in [
+        ("max_pool", "half_a, seed 0, trained", "same generator"), ("attention", "half_a, seed 0, trained", "same generator"),
+        ("no_skip", "half_a, seed 0, trained", "differs, less realistic"), ("paper", "half_b, seed 0, trained", "undetermined")]]
+    verdicts.write_text(json.dumps({"rows": rows, "counts_by_group": {
+        "half_a, seed 0, trained": {"copies": 0, "same generator": 2, "differs, less realistic": 1},
+        "half_b, seed 0, trained": {"undetermined": 1}}}))
+    document = tmp_path / "reading.md"
+    document.write_text("<!-- results table: verdicts.json split=half_a -->\n<!-- end of results table -->\n")
+    rewrite(document)
+    assert document.read_text().splitlines()[1:5] == [
+        "| data, training seed, kind | verdict | rows | variants |", "|---|---|---|---|",
+        "| half_a, seed 0, trained | same generator | 2 | attention, max_pool |",
+        "| half_a, seed 0, trained | differs, less realistic | 1 | no_skip |",
+    ]
+    verdicts.write_text(json.dumps({"rows": rows, "counts": {}}))  # an older report: no groups
+    with pytest.raises(UserError, match="not a verdicts.json of this version"):
+        rewrite(document)
