@@ -2,11 +2,12 @@
 
 ``python -m lightning_diff.report`` writes every column it measures (report.csv, 30 and more);
 a reading of the study (docs/results.md) shows the few a conclusion rests on, per row (its data
-half and training seed): the verdict; realism (KID ± std, FID, precision, recall, density, coverage against held-out
-images); copying (the memorized fraction and its exact 95% upper bound); the two-model
-agreement of the halves; the same-noise r2 with the reference across training seeds and its
-difference from the seed floor; and for each analytic machine its r2 with the row and the
-share of the best baseline's error it removes. Every interval is the report's 95% interval.
+half and training seed): the verdict; realism (KID ± std, FID, precision, recall, density,
+coverage against held-out images); copying (the memorized fraction and its exact 95% upper
+bound); the two-model agreement of the halves; the same-noise r2 with the reference across
+training seeds and its difference from the seed floor; and for each analytic machine its r2
+with the row and the share of the best baseline's error it removes. Every interval is the
+report's 95% interval.
 
     python -m lightning_diff.results_table docs/results/study_rigor/grid/report.csv --split half_a
     python -m lightning_diff.results_table CSV --split half_a --doc docs/results.md
