@@ -44,7 +44,8 @@ streams=${STREAMS:-2}
 sizes=${SIZES:-"200 20000"}
 candidates=${CANDIDATES:-"[1,3,5,7,9,11,13,15,19,23,31]"}
 tolerance=${TOLERANCE:-0.02}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / streams > 0 ? $(nproc) / streams : 1 ))}
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc reports OMP_NUM_THREADS when it is set
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / streams > 0 ? cores / streams : 1 ))}
 export PYTHON=$python REPORT=0
 mkdir -p "$out" "$keep"
 started=$(date +%s)
@@ -187,7 +188,7 @@ done
 copy_grid_size
 
 echo "study: $(( $(date +%s) - started )) s wall this sitting"
-echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $(nproc) cores, STREAMS=$streams" >> "$keep/wall_time.log"
+echo "$(date -u +%FT%TZ) sitting finished: $(( $(date +%s) - started )) s wall, $cores cores, STREAMS=$streams" >> "$keep/wall_time.log"
 # The study's wall time is the sum of its sittings (each line above: "... sitting stopped|finished: N s wall").
 awk '/sitting (stopped|finished):/ { for (i = 2; i < NF; i++) if ($(i + 1) == "s" && $(i + 2) ~ /^wall/) total += $i }
      END { printf "all sittings: %d s wall\n", total }' "$keep/wall_time.log" | tee -a "$keep/wall_time.log"
