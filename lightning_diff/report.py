@@ -34,6 +34,7 @@ import csv
 import json
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +143,9 @@ def labels_of(runs: list[Run]) -> dict[int, str]:
     """Each run's name in the figure and explanations.json: ``variant (half)``, with the training seed
     where another run shares both (a variant trained with a second seed is its own run)."""
     plain = {id(run): f"{run.name} ({run.split})" for run in runs}
-    shared = {label for label in plain.values() if list(plain.values()).count(label) > 1}
+    uses = Counter(plain.values())
     return {
-        id(run): f"{run.name} ({run.split}, seed {run.config.get('seed')})" if plain[id(run)] in shared else plain[id(run)]
+        id(run): f"{run.name} ({run.split}, seed {run.config.get('seed')})" if uses[plain[id(run)]] > 1 else plain[id(run)]
         for run in runs
     }
 

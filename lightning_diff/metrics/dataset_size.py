@@ -23,14 +23,14 @@ def dataset_size_rows(
     transition of that architecture."""
     empirical = {run.name for run in runs if family_of(run) == "empirical"}
     copying: dict[int, Interval] = {}
-    for run in runs:
-        size = (run.config.get("data") or {}).get("num_train")
-        if run.name in empirical and size is not None and id(run) in agreement:
-            copying.setdefault(int(size), agreement[id(run)])
     by_variant: dict[str, dict[int, list[Run]]] = {}
     for run in runs:
         size = (run.config.get("data") or {}).get("num_train")
-        if (run.config.get("denoiser") or {}).get("fit") == "sgd" and size is not None:
+        if size is None:
+            continue
+        if run.name in empirical and id(run) in agreement:
+            copying.setdefault(int(size), agreement[id(run)])
+        if (run.config.get("denoiser") or {}).get("fit") == "sgd":
             by_variant.setdefault(run.name, {}).setdefault(int(size), []).append(run)
     table = []
     for variant, by_size in by_variant.items():
