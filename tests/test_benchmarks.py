@@ -74,9 +74,10 @@ def test_local_score_tiny_without_the_peer(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_recorded_figure_is_labelled_as_recorded() -> None:
     row = local_score.unrun_peer_row("case", "ELS", 0.3, local_score.RELEASED_TARGET, local_score.RECORDED_CASE)
-    assert row.peer == local_score.RECORDED_RELEASED_ELS_S
+    assert row.peer == local_score.RECORDED_RELEASED_S["ELS"]
     assert "recorded" in row.peer_name and local_score.RECORDED_ON in row.note and "peer not run" in row.note
-    assert local_score.unrun_peer_row("case", "LS", 0.3, None, local_score.RECORDED_CASE).peer is None
+    other_settings = dict(local_score.RECORDED_CASE, num_train=500)
+    assert local_score.unrun_peer_row("case", "LS", 0.3, None, other_settings).peer is None
 
 
 @pytest.mark.skipif(not os.environ.get(ENVIRONMENT), reason=f"{ENVIRONMENT} is unset (benchmarks/README.md)")
@@ -90,13 +91,35 @@ def test_local_score_tiny_beside_the_released_code() -> None:
         assert row.extra["sample_max_abs_diff"] < 1e-3, row.note
 
 
+@pytest.mark.parametrize("padding", ["circular", "zeros"])
+def test_multiply_adds_count_every_pixel_against_each_of_its_candidates(padding: str) -> None:
+    channels, side, num_train, size = 3, 7, 2, 3
+    half = size // 2
+
+    def key(i: int) -> int | str:  # the zero padding a patch centred at row (or column) i sees
+        return "inside" if half <= i < side - half else i
+
+    pixels = [(i, j) for i in range(side) for j in range(side)]
+    if padding == "circular":
+        positions = (side - size + 1) ** 2
+        pairs = len(pixels) * positions
+    else:
+        pairs = sum(1 for i, j in pixels for k, m in pixels if key(i) == key(k) and key(j) == key(m))
+    expected = pairs * num_train * channels * size * size
+    assert local_score.multiply_adds((channels, side, side), num_train, [size], padding) == expected
+
+
 def test_local_score_scale_tiny() -> None:
     rows = local_score_scale.run(tiny(local_score_scale))
-    assert len(rows) == 4
+    assert len(rows) == 5
     for row in rows[:2]:  # uniform images: always there
         assert row.ours > 0 and row.extra["peak_memory_gib"] > 0
     for row in rows[2:]:  # Fashion-MNIST: timed, or a row that says why not
         assert row.ours > 0 or row.note.startswith("not run")
+    bounded = rows[-1]
+    if bounded.ours > 0:  # the certified bound holds on the states the sampler passed it
+        assert bounded.extra["measured_error"] <= bounded.extra["error_bound"] + 1e-5, bounded.note
+        assert bounded.extra["error_bound"] <= bounded.extra["tolerance"] * 2, bounded.note
 
 
 def test_measurement_share_counts_the_measurements_inside_fit_against_the_training_around_them() -> None:

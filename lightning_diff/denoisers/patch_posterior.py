@@ -66,15 +66,19 @@ class RunningPosterior:
         """Candidates ``operands`` (m, D) in the logits' precision, their offsets -a^2 |c|^2 log2(e) / 2t
         (m,) and [centre pixels, 1] (m, C + 1) in float32."""
         chunk = max(1, BLOCK_ELEMENTS // max(1, self.scaled.shape[0]))
+        # (C + 1, m): the weighted sums as (C + 1) x R products; an R x (C + 1) product with so few
+        # columns runs 3.5x slower in the BLAS here (382 against 109 us for 4,096 x 256 weights).
+        weighted_rows = weighted.T.contiguous()
         for start in range(0, operands.shape[0], chunk):
             block = slice(start, start + chunk)
             logits = torch.addmm(offsets[block], self.scaled, operands[block].T)
             new_max = torch.maximum(self.maximum, logits.amax(dim=1, keepdim=True))
             weights = shifted_weights(logits, new_max, weighted.dtype)
             self.acc *= torch.exp2(self.maximum - new_max).to(self.acc.dtype)
+            block_rows = weighted_rows[:, block]
             for first in range(0, weights.shape[1], SUM_TERMS):
                 terms = slice(first, first + SUM_TERMS)
-                self.acc += (weights[:, terms] @ weighted[block][terms]).double()
+                self.acc += (block_rows[:, terms] @ weights[:, terms].T).T.double()
             self.maximum = new_max
 
     def means(self) -> Tensor:
