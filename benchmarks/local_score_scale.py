@@ -168,11 +168,12 @@ def measured_error(
     errors = {}
     for k, (y, out) in sorted(timing.states.items()):
         t, size = float(grid.levels[k]), timing.patch_sizes[len(grid) - 1 - k]
+        state, ours = y.double().cpu(), out.double().cpu()
         error = 0.0
         for pixel in pixels:
             i, j = divmod(pixel, width)
-            exact = straightforward_pixel(data, y.double().cpu(), t, size, (i, j))
-            error = max(error, float((out[:, :, i, j].double().cpu() - exact).abs().max()))
+            exact = straightforward_pixel(data, state, t, size, (i, j))
+            error = max(error, float((ours[:, :, i, j] - exact).abs().max()))
         errors[round(t, 6)] = error
     return max(errors.values(), default=0.0), errors
 
