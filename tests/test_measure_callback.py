@@ -2,15 +2,12 @@
 behaves without FID weights or with a bad metric setting."""
 
 import json
-import struct
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from wandb.proto import wandb_internal_pb2
 
 from conftest import require_system, train_config
 from lightning_diff.callbacks.measure import TABLE_COLUMNS
@@ -18,9 +15,8 @@ from lightning_diff.errors import UserError
 from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
 from lightning_diff.run.cache import file_digest
 from lightning_diff.training import train
+from wandb_offline import finished_records
 
-BLOCK = 32 * 1024  # LevelDB log framing of run-*.wandb: 32 KiB blocks, 7-byte record headers
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 QUICK = [
     "data=digits",
     "data.num_train=60",
@@ -31,43 +27,6 @@ QUICK = [
     "trainer.val_check_interval=4",
     "num_samples=4",
 ]
-
-
-def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
-    """The records of a ``run-<id>.wandb`` file (after its 7-byte ``:W&B`` header)."""
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
-    records, pending, pos = [], b"", 7
-    while pos + 7 <= len(data):
-        left_in_block = BLOCK - pos % BLOCK
-        if left_in_block < 7:  # a block's tail too short for a header is padding
-            pos += left_in_block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        payload = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == FULL:
-            records.append(payload)
-        elif kind == FIRST:
-            pending = payload
-        elif kind == MIDDLE:
-            pending += payload
-        elif kind == LAST:
-            records.append(pending + payload)
-        else:
-            break  # zero-filled preallocation at the end
-    return [wandb_internal_pb2.Record.FromString(raw) for raw in records]
-
-
-def finished_records(path: Path, timeout_s: float = 60.0) -> list[wandb_internal_pb2.Record]:
-    """The records once W&B's service has written the run's exit record: ``wandb.finish`` can
-    return while the service process still holds the tail of the file in its buffer."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = wandb_records(path)
-        if (records and records[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
 
 
 def history_rows(run_dir: Path) -> list[dict]:

@@ -3,7 +3,6 @@ prediction and records predicted and measured numbers in run.json (small sizes h
 full-size commands are in docs/theory.md)."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from lightning_diff.seeding import sample_seeds
 from lightning_diff.theory.linear import GaussianPrediction
 from lightning_diff.trained import TrainedRun
 from lightning_diff.training import train
-from wandb_offline import offline_runs, records
+from wandb_offline import finished_records, offline_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,18 +126,11 @@ def test_theory_polynomial_command_same_moments_same_samples(tmp_path):
     assert logged["theory/matched_pair_sample_max_difference"] == pytest.approx(theory["matched_pair_sample_max_difference"])
 
 
-def logged_values(path: Path, timeout_s: float = 60.0) -> dict:
-    """Every history key and value of an offline W&B run file, once its exit record is written
-    (``wandb.finish`` can return while W&B's service still buffers the file's tail)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = list(records(path))
-        if (found and found[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+def logged_values(path: Path) -> dict:
+    """Every history key and value of an offline W&B run file, once its exit record is written."""
     return {
         item.key or "/".join(item.nested_key): json.loads(item.value_json)
-        for record in found
+        for record in finished_records(path)
         if record.WhichOneof("record_type") == "history"
         for item in record.history.item
     }
