@@ -177,9 +177,12 @@ def run(config: Config) -> list[Row]:
     start = time.perf_counter()
     machine = local_score.build(shape, grid, equivariant=True, padding="circular", patch_sizes=sizes).to(device)
     machine.fit_data(x0)
+    products: dict[float, float] = {}  # per level, the share of query x candidate products evaluated
+    hook = machine.register_forward_hook(lambda module, inputs, output: products.update(module.last_products))
     samples = make_sampler("ddim").sample(machine, grid, shape, seeds, device=device)
     sync()
     ours = time.perf_counter() - start
+    hook.remove()
     assert torch.isfinite(samples).all(), "non-finite samples"
 
     # The straightforward machine on one batch of noisy inputs per level: a sampling run asks
@@ -209,7 +212,7 @@ def run(config: Config) -> list[Row]:
             "local_score", case, "s", ours, peer, "straightforward per-pixel ELS", None,
             note=f"{scaled}against the definition in float64: ours within {worst:.1e}, the straightforward "
             f"float32 machine within {worst_peer:.1e}; peak RSS {peak_rss_gib():.2f} GiB",
-            extra={"max_abs_diff": worst, "peer_max_abs_diff": worst_peer},
+            extra={"max_abs_diff": worst, "peer_max_abs_diff": worst_peer, "products_per_level": products},
         )
     ]
     if s["image_size"] == 16 and s["num_train"] == 1000:

@@ -165,3 +165,19 @@ def test_zero_padded_els_with_patches_covering_the_image_is_ls_at_every_pixel():
     y = torch.randn(2, 1, 7, 7, generator=gen)
     expected = straightforward(data, y, 0.3, 13, True, "zeros")
     torch.testing.assert_close(machine(y, torch.full((2,), 0.3)).double(), expected, atol=1e-5, rtol=0)
+
+
+def test_els_orders_a_batch_of_several_query_blocks_and_passes_over_negligible_candidates():
+    # 256 samples of 8x8: 16,384 queries, four blocks (QUERY_ROWS), so exact_posterior orders
+    # them along the candidates' leading direction; at t = 1e-3 far blocks of candidates are skipped.
+    gen = torch.Generator().manual_seed(5)
+    data = (torch.rand(20, 1, 1, 1, generator=gen) * 2 - 1) + 0.2 * torch.randn(20, 1, 8, 8, generator=gen)
+    t = 1e-3
+    machine = fitted(data, make_grid(2, t_min=t, t_max=0.5), equivariant=True, padding="circular", patch_sizes=3)
+    picked = data[torch.randint(0, 20, (256,), generator=gen)]
+    y = math.sqrt(1 - t) * picked + math.sqrt(t) * torch.randn(picked.shape, generator=gen)
+    together = machine(y, torch.full((256,), t))
+    assert machine.last_products[t] < 0.8
+    apart = torch.cat([machine(part, torch.full((32,), t)) for part in y.split(32)])
+    assert machine.last_products[t] == 1.0  # 2,048 queries: one block, nothing to order
+    torch.testing.assert_close(together, apart, atol=1e-6, rtol=0)

@@ -35,6 +35,8 @@ Cost and memory per level (B samples, N training images, H x W x C, D = C P^2):
   4 bytes: 245 MB at P = 5, 725 MB at P = 27), the queries (B H W D 4 bytes, twice), per block
   of ``QUERY_ROWS`` queries a state of C + 2 values each, and chunks of 16 MB (40 MB with their
   centred float64 copy).
+- ELS with more queries than one block (``QUERY_ROWS``): the set's leading direction, D^2
+  values, estimated once per patch size and position class from a sample of its candidates.
 - ELS with a tolerance adds the trees (:mod:`patch_tree`), one per position class and patch
   size: 8 bytes per distinct candidate plus the nodes (at most about 180 MB at D = 25), kept
   for later calls up to ``TREE_CACHE_BYTES`` in all; building one takes another 24 bytes per
@@ -152,8 +154,9 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
     as grid levels match to 1e-5) to the largest bound on
     the output's error from skipped candidates (0 when exact; float rounding, held within 1e-5
     of float64 as in the exact machine, comes on top), ``last_error_bound`` is their maximum,
-    and ``last_products`` maps each level to the share of the exact machine's query x candidate
-    products it evaluated.
+    and ``last_products`` maps each level to the share of all query x candidate products it
+    evaluated (below 1 for the exact machine too where ordered blocks of queries passed over
+    candidates whose weights are below float32's range: :mod:`patch_posterior`).
 
     Args:
         data_shape: (C, H, W).
@@ -330,7 +333,14 @@ class LocalScoreDenoiser(ClosedFormDenoiser):
             statistics[key] = patches.statistics()
         stats: SetStatistics = statistics[key]
         if self.tolerance == 0 or tree_depth(patches.count) == 0 or queries.shape[0] == 0:
-            return exact_posterior(queries, patches, stats, a, t), 0.0, queries.shape[0] * patches.count
+            direction = None
+            if queries.shape[0] > QUERY_ROWS:  # several blocks of queries to order (exact_posterior)
+                directions = self.cached().setdefault("directions", {})
+                if key not in directions:
+                    directions[key] = patches.leading_direction(stats.mean)
+                direction = directions[key]
+            means, products = exact_posterior(queries, patches, stats, a, t, direction)
+            return means, 0.0, products
         trees: OrderedDict[tuple, PatchTree] = self.cached().setdefault("trees", OrderedDict())
         if key not in trees:
             trees[key] = build_tree(patches, stats, torch.Generator().manual_seed(0))

@@ -18,6 +18,9 @@ from torch import Tensor
 
 # Largest chunk of candidates (values) copied at once: 16 MB in float32.
 CHUNK_ELEMENTS = 1 << 22
+# Candidates whose second moments give the leading direction: a direction only orders the
+# candidates (any unit vector keeps the posterior exact), so a sample of the set suffices.
+DIRECTION_SAMPLE = 4096
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,14 @@ class PatchSet:
         mean = (total / self.count).float()
         largest = max(float((patches - mean).pow(2).sum(dim=1).max()) for _, patches in self.chunks())
         return SetStatistics(mean, largest**0.5, low, high)
+
+    def leading_direction(self, mean: Tensor) -> Tensor:
+        """The unit (D,) direction of largest spread about ``mean`` of every k-th candidate (about
+        ``DIRECTION_SAMPLE`` of them), the leading eigenvector of their second moments."""
+        stride = max(1, self.count // DIRECTION_SAMPLE)
+        moments = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.images.device)
+        for first, patches in self.chunks():
+            sampled = (patches[(-first) % stride :: stride] - mean).double()
+            moments += sampled.T @ sampled
+        direction = torch.linalg.eigh(moments).eigenvectors[:, -1]
+        return (direction / direction.norm()).float()
