@@ -23,7 +23,7 @@ from lightning_diff.metrics.fid import KNOWN_WEIGHTS, package_file
 from lightning_diff.run.cli import CONF_DIR
 from lightning_diff.run.logged_keys import sweep_runs
 from lightning_diff.training import train
-from wandb_offline import records
+from wandb_offline import finished_records
 
 GROUP = "study-7"
 RUN = [
@@ -67,7 +67,7 @@ def logged(sweep: Path) -> list[tuple[Any, dict[str, Any], Path]]:
     found = []
     for path in sorted(sweep.rglob("run-*.wandb")):
         run, values = None, {}
-        for record in records(path):
+        for record in finished_records(path):
             which = record.WhichOneof("record_type")
             run = record.run if which == "run" else run
             items = {"history": record.history.item, "summary": record.summary.update}.get(which, [])
