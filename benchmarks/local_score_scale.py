@@ -76,7 +76,8 @@ SIZES: dict[str, dict[str, Any]] = {
         fashion_train=200, fashion_levels=20, fashion_root=None, fashion_machines=["LS", "ELS", "ELS bounded"],
         num_samples=2, tolerance=1e-6, checked_pixels=4,
     ),
-    # All of Fashion-MNIST on the CPU: the exact ELS would take about 1,500 s per sample.
+    # All of Fashion-MNIST on the CPU: the exact ELS would take about ten times the 54 s per sample
+    # it took at N = 6,000 (docs/performance.md).
     "cpu_full": dict(
         uniform_train=0, uniform_side=32, uniform_patch_sizes=TEN_LEVEL_PATCHES, uniform_machines=[],
         fashion_train=None, fashion_levels=20, fashion_root=None, fashion_machines=["LS", "ELS bounded"],

@@ -217,12 +217,13 @@ def exact_posterior(queries: Tensor, patches: PatchSet, stats: SetStatistics, a:
         band = None if order is None else Band.of(centred[rows], along[rows], a, t)
         blocks.append(RunningPosterior(scaled_queries(centred[rows], precision, a, t), patches.channels, band))
     for _, chunk in patches.chunks():
-        terms = candidate_terms(chunk, patches.centres(chunk), stats.mean, a, t, precision)
-        if direction is not None:
-            positions, ascending = ((chunk - stats.mean) @ direction).sort()
-            terms = (*(term[ascending] for term in terms), positions)
+        operands, offsets, weighted = candidate_terms(chunk, patches.centres(chunk), stats.mean, a, t, precision)
+        positions = None
+        if direction is not None:  # the operands are the centred candidates
+            positions, ascending = (operands @ direction.to(operands.dtype)).sort()
+            operands, offsets, weighted = operands[ascending], offsets[ascending], weighted[ascending]
         for block in blocks:
-            block.add(*terms)
+            block.add(operands, offsets, weighted, positions)
     means = torch.cat([block.means() for block in blocks]) if blocks else queries.new_zeros(0, patches.channels)
     if order is not None:
         means = torch.empty_like(means).index_copy_(0, order, means)
